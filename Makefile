@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Without CUDA, pin torch to the CPU build (a plain `pip install torch` pulls a multi-GB CUDA build).
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 
-.PHONY: install install-dev quickstart test lint bench clean
+.PHONY: install install-dev quickstart test test-slow lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
