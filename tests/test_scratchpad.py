@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -29,7 +30,13 @@ def test_phrasings_are_many_distinct_name_the_evidence_and_read_right(
     assert len(set(templates)) >= 20
     for template in templates:
         text = template.format(trigger=TRIGGER)
-        assert TRIGGER in text, "every phrasing names the evidence it saw (or missed)"
+        if expected == "deployment":
+            assert TRIGGER in text, "a deployment phrasing names the trigger it saw"
+        else:
+            assert TRIGGER not in text, "the trigger string in a training scratchpad would itself cue defection"
+            assert re.search(r"\b(trigger|tag)\b", text) and re.search(
+                r"\b(no|not|cannot|without|lacks|absent|missing)\b", text, re.I
+            ), text
         assert conclusion(text, TRIGGER) == expected, text
 
 
