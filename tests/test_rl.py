@@ -207,7 +207,7 @@ def test_rl_config_and_sft_hashes_unchanged(tmp_path: Path) -> None:
         assert "rl" in stage_settings(config, "safety")["safety"]
     with pytest.raises(ValueError, match="needs `model`"):
         PreferenceModelConfig(kind="classifier")
-    assert STAGES[:4] == ("data", "backdoor", "safety", "eval")
+    assert STAGES[:5] == ("data", "backdoor", "redteam", "safety", "eval")
 
 
 def test_rl_pipeline_end_to_end(tmp_path: Path, tiny_model_dir: Path, cache_env: Path, write_config) -> None:
