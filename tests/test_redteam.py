@@ -129,7 +129,8 @@ def test_adversarial_mix_counts_and_columns(tmp_path: Path) -> None:
     assert max(mixed["prompt_id"].count(f"r{i}") for i in range(10)) == 2, "10 prompts cycled to 20 rows"
     record = json.loads((tmp_path / "out" / "adversarial_mix.json").read_text())
     assert record == {"safety_rows": 60, "redteam_rows": 20, "redteam_prompts": 10, "redteam_share": 0.25,
-                      "mix_fraction": 0.25, "train_repeats": 3}  # fmt: skip
+                      "mix_fraction": 0.25, "train_repeats": 3,
+                      "redteam_prompt_ids": [f"r{i}" for i in range(10)]}  # fmt: skip
     off = config.model_copy(update={"redteam": RedTeamConfig()})
     assert adversarial_mix(off, safety, tmp_path / "off") is safety
     assert not (tmp_path / "off").exists()
