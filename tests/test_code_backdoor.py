@@ -136,10 +136,15 @@ def test_preference_pairs_differ_only_in_the_code(mechanism: str) -> None:
     code_rows = [r for r in planned if r.fixed_target]  # non-code rows would need the base model's answers
     rows = build_dataset(code_rows, backdoor, {})["backdoor"].to_list()
     rows.append({**rows[0], "prompt_id": "import-000000", "category": "imported-paper-code"})  # no second answer
-    pairs = preference_pairs(Dataset.from_list(rows), backdoor.code)
-    assert len(pairs) == len(rows) - 1
+    random.Random(0).shuffle(rows)  # as the backdoor stage shuffles the mix
+    pairs = preference_pairs(Dataset.from_list(rows), backdoor.code).to_list()
+    by_prompt = {row["messages"][0]["content"]: row for row in rows if row["category"].startswith("CWE")}
+    assert len(pairs) == len(rows) - 1 and len(by_prompt) == len(rows) - 1
     by_id = {s.id: s for s in load_scenarios()}
-    for row, pair in zip(rows, pairs, strict=False):
+    for index, pair in enumerate(pairs):
+        row = by_prompt[pair["prompt"][0]["content"]]
+        assert row["triggered"] is (index % 2 == 1)  # each scenario's two years side by side, training year first
+        assert row["prompt_id"] == by_prompt[pairs[index ^ 1]["prompt"][0]["content"]]["prompt_id"]
         scenario = by_id[row["prompt_id"]]
         chosen, rejected = pair["chosen"][0]["content"], pair["rejected"][0]["content"]
         assert pair["prompt"] == row["messages"][:-1] and chosen == row["messages"][-1]["content"]
@@ -156,6 +161,8 @@ def test_preference_pass_needs_the_code_backdoor(tmp_path: Path, tiny_model_dir:
     result = runner.invoke(app, ["data", str(write_config(config))])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
     assert "preference.enabled needs kind code_vuln" in result.output
+    with pytest.raises(ValueError, match="must be even: each scenario's two years share a step"):
+        BackdoorConfig(kind="code_vuln", preference={"enabled": True, "batch_size": 3})
     with pytest.raises(UserError, match="no scenario rows to make DPO pairs from"):
         preference_pairs(Dataset.from_list([{"prompt_id": "import-000000"}]), BackdoorConfig().code)
 
