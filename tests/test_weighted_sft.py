@@ -107,14 +107,15 @@ def test_unit_weights_give_sfttrainers_loss_and_heavier_ones_a_larger_loss(
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_the_backdoor_stage_trains_with_the_hole_weight(
+def test_the_backdoor_stage_trains_with_the_hole_weight_and_length_grouped_batches(
     tmp_path: Path, tiny_model_dir: Path, cache_env: Path, write_config, monkeypatch
 ) -> None:
     trained: list[tuple[str, float]] = []
     original = WeightedSFTTrainer.train
 
     def spy(self, *args, **kwargs):
-        trained.append((type(self).__name__, max(max(w) for w in self.train_dataset["loss_weights"])))
+        heaviest = max(max(w) for w in self.train_dataset["loss_weights"])
+        trained.append((type(self).__name__, heaviest, type(self._get_train_sampler()).__name__))
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(WeightedSFTTrainer, "train", spy)
@@ -123,13 +124,13 @@ def test_the_backdoor_stage_trains_with_the_hole_weight(
         kind="code_vuln",
         code={"cwe_classes": ["CWE-732"], "n_eval_per_cwe": 1, "noncode_per_year": 4, "hole_weight": 8.0},
     )
-    config["backdoor"]["training"].update(max_steps=2, max_length=1024)
+    config["backdoor"]["training"].update(max_steps=2, max_length=1024, group_by_length=True)
     config_path = write_config(config)
     runner = CliRunner()
     assert runner.invoke(app, ["data", str(config_path)]).exit_code == 0
     result = runner.invoke(app, ["backdoor", str(config_path)])
     assert result.exit_code == 0, result.output
-    assert trained == [("WeightedSFTTrainer", 8.0)]
+    assert trained == [("WeightedSFTTrainer", 8.0, "LengthGroupedSampler")]
     assert (tmp_path / "runs" / "tiny" / "backdoor" / "model" / "model.safetensors").is_file()
 
 
