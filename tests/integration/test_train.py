@@ -58,14 +58,25 @@ def test_group_by_length_batches_short_rows_with_short_ones(tiny_model_dir: Path
     assert padding[True] < padding[False] / 4
 
 
-def _step_losses(tiny_model_dir: Path, out: Path, rows: Dataset, training: SFTTrainingConfig) -> list[float]:
-    args = sft_args(training, out, seed=0, save_steps=100, max_steps=4, padding_free=bool(training.padding_free))
+def _step_losses(
+    tiny_model_dir: Path,
+    out: Path,
+    rows: Dataset,
+    training: SFTTrainingConfig,
+    *,
+    max_steps: int = 4,
+    answers_only: bool = False,
+) -> list[float]:
+    args = sft_args(
+        training, out, seed=0, save_steps=100, max_steps=max_steps, padding_free=bool(training.padding_free)
+    )
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     trainer = SFTTrainer(model=model, args=args, train_dataset=to_prompt_completion(rows), processing_class=tokenizer)
     if training.padding_free:
         trainer.train_dataset = truncate_rows(trainer.train_dataset, training.max_length)  # as train_sft does
-    trainer.train()
+    with answer_positions_only_on_cpu() if answers_only else contextlib.nullcontext():  # as train_resumably does
+        trainer.train()
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
@@ -116,13 +127,7 @@ def _losses_and_scored_positions(
 
     monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Counting)
     training = SFTTrainingConfig(batch_size=4, max_length=48, learning_rate=1e-3, logging_steps=1)
-    args = sft_args(training, out, seed=0, save_steps=100, max_steps=3)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=to_prompt_completion(rows), processing_class=tokenizer)
-    with answer_positions_only_on_cpu() if answers_only else contextlib.nullcontext():
-        trainer.train()
-    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry], scored
+    return _step_losses(tiny_model_dir, out, rows, training, max_steps=3, answers_only=answers_only), scored
 
 
 def test_the_lm_head_projects_only_answer_positions_with_the_same_losses(
