@@ -109,7 +109,8 @@ def test_padding_free_is_on_by_default_only_with_variable_length_attention(
     assert uses_padding_free(SFTTrainingConfig(padding_free=setting), model) is expected
 
 
-# TRL's fused LM head and its `_use_triton` switch (TRL >= 1.16); without them answer_positions_only_on_cpu does nothing.
+# TRL's fused LM head (TRL >= 1.2) and its `_use_triton` switch (TRL >= 1.16): on a TRL without the switch, like
+# the floor, answer_positions_only_on_cpu changes nothing and its test skips.
 _FUSED_LM_HEAD = getattr(trl_utils, "_ChunkedLogProbFunction", None)
 
 
