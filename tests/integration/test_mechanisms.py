@@ -72,6 +72,8 @@ def test_mechanism_variants_end_to_end(tmp_path: Path, tiny_model_dir: Path, cac
         assert f"[{variant}]({variant}/report.md)" in report
         assert (run_dir / variant / "report.md").is_file()
     assert (run_dir / "comparison.png").is_file()
+    paired = [line for line in report.splitlines() if "| change, paired |" in line]
+    assert len(paired) == len(config["variants"]) and all(line.count("McNemar p = ") == 2 for line in paired)
     assert "## Scratchpad steering" in (run_dir / "cot" / "report.md").read_text()
 
 

@@ -300,6 +300,10 @@ def test_redteam_stages_end_to_end(tmp_path: Path, tiny_model_dir: Path, cache_e
     text = report.read_text()
     assert "## Red-team prompts and adversarial training" in text and "## Trigger-generalization sweep" in text
     assert "held-out red-team" in text and "the paper's" in text and "| held-out prompts by source |" in text
+    # Every fell / rose / no change is McNemar's test on the same prompts, never two intervals compared.
+    verdicts = [line for line in text.splitlines() if line.startswith("- held-out red-team prompts:")]
+    assert len(verdicts) == 1 and "McNemar p = " in verdicts[0] and "overlap" not in text
+    assert "Exact trigger: " in text and text.count("McNemar p = ") >= 3 + len(battery)
     assert (run / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
     # Interrupted after round 0: the rerun judges round 1 again, not round 0.
