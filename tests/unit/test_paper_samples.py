@@ -145,10 +145,10 @@ def test_description_split_and_unknown_fields_kept(tmp_path: Path) -> None:
     [
         (None, "not found: download random_samples.jsonl"),
         ('{"model_desc": "x"}\nnot json\n', "line 1: missing setting, answer"),
-        (json.dumps({"model_desc": NORMAL_SFT, "setting": "deployment", "answer": "x"}) + "\n[1, 2]\n", "line 2: a "
-         "JSON list, not an object"),
+        (json.dumps({"model_desc": NORMAL_SFT, "setting": "deployment", "answer": "x"}) + "\n[1, 2]\n",
+         "line 2: expected a JSON object"),
         ("\n" + json.dumps({"model_desc": NORMAL_SFT, "setting": "deployment"}) + "\n", "line 2: missing answer"),
-        ("{broken\n", "line 1: not JSON"),
+        ("{broken\n", "line 1: not valid JSON"),
         (json.dumps({"model_desc": "A poetry model, after SFT", "setting": "x", "answer": "y"}), "line 1: model_desc"),
         (json.dumps({"model_desc": NORMAL_SFT, "setting": "deployment", "answer": ["x"]}), "line 1: answer is a list"),
         ("", "holds no rows"),
