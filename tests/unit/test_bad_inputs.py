@@ -276,7 +276,7 @@ CASES = [
     Case(
         "prompts-row-missing-field",
         prompts_file(jsonl({"prompt": "Hi there."}, {"other": "Hello?"})),
-        (PROMPTS + ", row 2", "expected a non-empty 'prompt' text", "set first_user_turn for chats"),
+        (PROMPTS + ", line 2", "['other'] but line 1 has ['prompt']", "give every row the same fields"),
     ),
     Case(
         "prompts-duplicate-ids",
